@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine: `make cv` and `make test` (both set themselves up).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EXP    ?= baseline
+DATA   ?=
+ARGS   ?=
+RESUME ?=
+RUN    ?= outputs/$(EXP)/latest
+INPUT  ?=
+RUNS   ?=
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup cv predict test bench compare sweep hpo notebook clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed  ## virtual environment + requirements (idempotent)
+
+cv: setup  ## one CV experiment: make cv EXP=rdrop DATA=commonlit ARGS="cv.n_splits=3"
+	$(PY) -m kfold_nlp experiment=$(EXP) $(if $(DATA),data=$(DATA)) $(if $(RESUME),resume=$(RESUME)) $(ARGS)
+
+predict: setup  ## bagged submission from a run's fold models: make predict RUN=outputs/baseline/latest INPUT=test.csv
+	$(PY) -m kfold_nlp.predict $(RUN) $(INPUT) $(ARGS)
+
+test: setup  ## the test suite (tiny random models, no network)
+	$(PY) -m pytest
+
+bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU or GPU)
+	$(PY) -m kfold_nlp.bench $(ARGS)
+
+clean:  ## remove run outputs and caches (keeps the virtual environment and data/)
+	rm -rf outputs/* multirun .pytest_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

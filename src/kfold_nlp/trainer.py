@@ -1,0 +1,167 @@
+"""One fold's training loop: accumulation, mixed precision, evaluation every N steps, early stopping."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, get_scheduler
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from .optim import build_optimizer
+from .regularizers.base import model_inputs
+
+
+class EncodedRows(Dataset):
+    """Rows of a once-tokenized table, picked by position; ``index`` is the position within this subset."""
+
+    def __init__(self, encodings: dict, rows: np.ndarray, targets: np.ndarray | None = None):
+        self.encodings, self.rows, self.targets = encodings, np.asarray(rows), targets
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = int(self.rows[i])
+        item = {key: values[row] for key, values in self.encodings.items()}
+        item["index"] = i
+        if self.targets is not None:
+            item["target"] = float(self.targets[row])
+        return item
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(self.encodings["input_ids"][int(r)]) for r in self.rows]
+
+
+def make_loader(dataset: EncodedRows, tokenizer, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0):
+    """Dynamic padding; training batches are length-grouped (shuffled megabatches), evaluation sorted by length."""
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+    if train:
+        sampler = LengthGroupedSampler(batch_size, lengths=dataset.lengths, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = np.argsort(dataset.lengths, kind="stable").tolist()
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers)
+
+
+def make_accelerator(trainer_cfg) -> Accelerator:
+    """CUDA when present, CPU otherwise (``cpu=True`` also makes torchrun on CPU really distributed)."""
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[trainer_cfg.precision]
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("trainer.precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=precision,
+        gradient_accumulation_steps=trainer_cfg.grad_accum,
+        step_scheduler_with_optimizer=False,
+    )
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator: Accelerator) -> np.ndarray:
+    """Predictions in the dataset's row order (the loader may be length-sorted and sharded)."""
+    model.eval()
+    preds, index = [], []
+    for batch in loader:
+        with accelerator.autocast():
+            out = model(**model_inputs(batch))
+        out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
+        preds.append(out.cpu().numpy())
+        index.append(idx.cpu().numpy())
+    result = np.empty(len(loader.dataset))
+    result[np.concatenate(index)] = np.concatenate(preds)
+    return result
+
+
+@dataclass
+class FoldResult:
+    best_mse: float = math.inf
+    best_step: int = 0
+    steps: int = 0
+    val_pred: np.ndarray | None = None
+    best_state: dict | None = None
+    train_time: float = 0.0
+    history: list = field(default_factory=list)
+
+    @property
+    def best_rmse(self) -> float:
+        return math.sqrt(self.best_mse)
+
+
+def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, accelerator, log=lambda d: None, desc=""):
+    """Train one fold and keep the weights of the best validation MSE (in memory; the caller saves them)."""
+    tcfg = cfg.trainer
+    optimizer = build_optimizer(cfg.optimizer, model)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / tcfg.grad_accum)
+    total_steps = steps_per_epoch * tcfg.epochs
+    warmup = cfg.scheduler.warmup
+    scheduler = get_scheduler(
+        cfg.scheduler.name,
+        optimizer,
+        num_warmup_steps=int(warmup * total_steps) if warmup < 1 else int(warmup),
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=dict(cfg.scheduler.get("kwargs") or {}),
+    )
+    result, bad_evals, start = FoldResult(), 0, time.perf_counter()
+    val_target = np.asarray(val_target, dtype=float)
+
+    def evaluate(step: int, train_loss: float) -> bool:
+        """Returns True when early stopping says stop."""
+        nonlocal bad_evals
+        pred = predict(model, val_loader, accelerator)
+        mse = float(np.mean((pred - val_target) ** 2))
+        model.train()
+        log({"train/loss": train_loss, "val/mse": mse, "val/rmse": math.sqrt(mse), "train/lr": scheduler.get_last_lr()[0]}, step)
+        result.history.append({"step": step, "val_mse": mse})
+        if mse < result.best_mse:
+            result.best_mse, result.best_step, result.val_pred, bad_evals = mse, step, pred, 0
+            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        else:
+            bad_evals += 1
+        bar.set_postfix(loss=f"{train_loss:.4f}", val_rmse=f"{math.sqrt(mse):.4f}", best=f"{result.best_rmse:.4f}")
+        return tcfg.patience is not None and bad_evals >= tcfg.patience
+
+    loss_fn = F.mse_loss
+    bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    step, stop, running = 0, False, []
+    model.train()
+    for epoch in range(tcfg.epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss = regularizer.loss(model, batch, loss_fn)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tcfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            running.append(loss.detach().float().item())
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if tcfg.eval_every and step % tcfg.eval_every == 0 and step % steps_per_epoch != 0:
+                stop = evaluate(step, float(np.mean(running)))
+                running = []
+            if stop:
+                break
+        if stop:
+            break
+        stop = evaluate(step, float(np.mean(running)) if running else float("nan"))
+        running = []
+        if stop:
+            break
+    bar.close()
+    result.steps, result.train_time = step, time.perf_counter() - start
+    accelerator.free_memory()
+    return result

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny randomly initialised models on a small generated set, so each run takes seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_overrides(data_dir: Path, run_dir: Path, n_train: int = 48, logger: str = "disabled") -> list[str]:
+    """A whole CV run in a few seconds: tiny model, 3 folds, 1 epoch, a 48-row generated set."""
+    return [
+        "model=tiny",
+        f"data.path={data_dir}/train.csv",
+        f"data.test_path={data_dir}/test.csv",
+        f"data.generate.n_train={n_train}",
+        "data.generate.n_test=6",
+        "cv.n_splits=3",
+        "trainer.epochs=1",
+        "trainer.batch_size=8",
+        "trainer.eval_every=2",
+        f"logger.mode={logger}",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def run_cli(*args: str, module: str = "kfold_nlp", check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real entry point in a subprocess from the project root."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def wandb_runs(run_dir: Path) -> list[dict]:
+    """What each offline W&B run under ``run_dir`` recorded: name, state, summary, group, job type, history.
+
+    wandb 0.31 writes no summary file offline, so read the .wandb log with ``wandb leet inspect``.
+    """
+    wandb = str(Path(sys.executable).with_name("wandb"))
+    runs = []
+    for path in sorted((run_dir / "wandb").glob("offline-run-*")):
+        out = subprocess.run([wandb, "leet", "inspect", "--summary", "--json", str(path)], capture_output=True, text=True, check=True)
+        info = json.loads(out.stdout)
+        out = subprocess.run([wandb, "leet", "inspect", "--json", str(path)], capture_output=True, text=True, check=True)
+        records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        run = next(r["run"] for r in records if r["type"] == "run")
+        info |= {"group": run.get("run_group"), "job_type": run.get("job_type"),
+                 "history": [r["history"]["item"] for r in records if r["type"] == "history"]}
+        runs.append(info)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One complete CV run of the real CLI with offline W&B; read-only for the tests that share it."""
+    base = tmp_path_factory.mktemp("tiny_run")
+    run_dir = base / "run"
+    run_cli(*tiny_overrides(base / "data", run_dir, logger="offline"))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_train(tiny_run) -> pd.DataFrame:
+    return pd.read_csv(tiny_run.parent / "data" / "train.csv", dtype={"id": str})

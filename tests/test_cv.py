@@ -1,0 +1,92 @@
+"""The CV runner end to end through the real CLI: folds, OOF file, metrics, W&B files, bagging, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import read_metrics, run_cli, tiny_overrides, wandb_runs
+
+from kfold_nlp.folds import make_folds, sturges_bins
+
+
+def test_folds_are_disjoint_and_cover_every_row_once(tiny_run, tiny_train):
+    folds = pd.read_csv(tiny_run / "folds.csv", dtype={"id": str})
+    assert folds["id"].tolist() == tiny_train["id"].tolist()
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]
+    oof = pd.read_csv(tiny_run / "oof.csv", dtype={"id": str})
+    # Each row is validated exactly once, by the fold that holds it, and never trained on there.
+    assert oof["id"].is_unique and set(oof["id"]) == set(tiny_train["id"])
+    merged = oof.merge(folds, on="id", suffixes=("", "_folds"))
+    assert (merged["fold"] == merged["fold_folds"]).all()
+    for fold in range(3):
+        val_ids = set(pd.read_csv(tiny_run / f"fold_{fold}" / "oof.csv", dtype={"id": str})["id"])
+        assert val_ids == set(folds.loc[folds["fold"] == fold, "id"])
+        assert val_ids.isdisjoint(folds.loc[folds["fold"] != fold, "id"])
+
+
+def test_folds_are_stratified_seeded_and_balanced():
+    rng = np.random.default_rng(0)
+    target = rng.normal(-1, 1, 500)
+    folds = make_folds(target, n_splits=5, seed=7)
+    assert np.array_equal(folds, make_folds(target, n_splits=5, seed=7))
+    assert not np.array_equal(folds, make_folds(target, n_splits=5, seed=8))
+    assert np.bincount(folds).tolist() == [100] * 5
+    # Stratified: within every Sturges bin of the target, the folds' counts differ by at most one row.
+    bins = pd.cut(target, sturges_bins(len(target)), labels=False)
+    counts = pd.crosstab(bins, folds)
+    assert ((counts.max(axis=1) - counts.min(axis=1)) <= 1).all()
+    assert sturges_bins(2267) == 12
+
+
+def test_oof_has_one_row_per_input_row_and_metrics_match_it(tiny_run, tiny_train):
+    oof = pd.read_csv(tiny_run / "oof.csv", dtype={"id": str})
+    assert len(oof) == len(tiny_train)
+    assert list(oof.columns) == ["id", "fold", "target", "pred"]
+    assert oof["pred"].notna().all()
+    np.testing.assert_allclose(oof.set_index("id")["target"], tiny_train.set_index("id")["target"].loc[oof["id"]])
+    metrics = read_metrics(tiny_run)
+    mse = float(np.mean((oof["pred"] - oof["target"]) ** 2))
+    assert metrics["cv"]["mse"] == pytest.approx(mse, rel=1e-9)
+    assert metrics["cv"]["rmse"] == pytest.approx(np.sqrt(mse), rel=1e-9)
+    fold_mse = [np.mean((g["pred"] - g["target"]) ** 2) for _, g in oof.groupby("fold")]
+    assert [metrics["folds"][str(k)]["mse"] for k in range(3)] == pytest.approx(fold_mse, rel=1e-9)
+    assert metrics["cv"]["fold_mse_mean"] == pytest.approx(np.mean(fold_mse))
+
+
+def test_bagged_submission_is_the_mean_of_the_fold_predictions(tiny_run):
+    sub = pd.read_csv(tiny_run / "submission.csv", dtype={"id": str})
+    test = pd.read_csv(tiny_run.parent / "data" / "test.csv", dtype={"id": str})
+    assert sub["id"].tolist() == test["id"].tolist()
+    folds = np.stack([pd.read_csv(tiny_run / f"fold_{k}" / "test_pred.csv")["pred"] for k in range(3)])
+    assert not np.allclose(folds[0], folds[1])  # distinct fold models, so the mean is a real combination
+    np.testing.assert_allclose(sub["target"], folds.mean(0), rtol=1e-12)
+
+
+def test_predict_cli_rebags_the_saved_fold_models(tiny_run, tmp_path):
+    out = tmp_path / "pred.csv"
+    run_cli(str(tiny_run), str(tiny_run.parent / "data" / "test.csv"), "--out", str(out), module="kfold_nlp.predict")
+    pred = pd.read_csv(out)
+    sub = pd.read_csv(tiny_run / "submission.csv")
+    np.testing.assert_allclose(pred["target"], sub["target"], atol=1e-5)
+
+
+def test_offline_wandb_runs_hold_each_folds_val_mse(tiny_run):
+    runs = {r["name"]: r for r in wandb_runs(tiny_run)}
+    assert sorted(runs) == ["baseline-cv", "baseline-fold0", "baseline-fold1", "baseline-fold2"]
+    metrics = read_metrics(tiny_run)
+    for fold in range(3):
+        run = runs[f"baseline-fold{fold}"]
+        assert run["state"] == "finished" and run["group"] == "baseline" and run["job_type"] == f"fold{fold}"
+        logged = [h["val/mse"] for h in run["history"] if "val/mse" in h]
+        assert len(logged) >= 2  # every evaluation, not only the last
+        assert run["summary"]["best/val_mse"] == pytest.approx(metrics["folds"][str(fold)]["mse"])
+        assert min(logged) == pytest.approx(metrics["folds"][str(fold)]["mse"])
+    assert runs["baseline-cv"]["summary"]["cv/rmse"] == pytest.approx(metrics["cv"]["rmse"])
+
+
+def test_same_seed_gives_the_same_oof(tiny_run, tmp_path):
+    run_cli(*tiny_overrides(tiny_run.parent / "data", tmp_path / "again"))
+    first = pd.read_csv(tiny_run / "oof.csv")
+    second = pd.read_csv(tmp_path / "again" / "oof.csv")
+    pd.testing.assert_frame_equal(first, second)
