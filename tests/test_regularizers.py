@@ -1,0 +1,276 @@
+"""Property tests of the regularizers on the tiny random BERT (each one checks behaviour that a bug would break)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+import kfold_nlp  # noqa: F401  (registers the ${minilm_path:} resolver)
+from kfold_nlp.model import build_model, load_tokenizer
+from kfold_nlp.regularizers import Regularizer, set_dropout
+from kfold_nlp.regularizers.base import model_inputs
+from kfold_nlp.regularizers.mixout import MixLinear, Mixout
+from kfold_nlp.regularizers.msd import MultiSampleDropout, MultiSampleDropoutLayer
+from kfold_nlp.regularizers.no_dropout import NoDropout
+from kfold_nlp.regularizers.rdrop import RDrop, consistency
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = ["The cat sat on the mat.", "A much longer sentence about reading levels of old texts.",
+         "Short one.", "Readability depends on words, sentences and ideas."]
+
+
+@pytest.fixture(scope="module")
+def model_cfg():
+    return OmegaConf.load(ROOT / "conf/model/tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def batch(model_cfg):
+    enc = load_tokenizer(model_cfg)(TEXTS, padding=True, return_tensors="pt")
+    return dict(enc) | {"target": torch.randn(len(TEXTS), generator=torch.Generator().manual_seed(0)),
+                        "index": torch.arange(len(TEXTS))}
+
+
+@pytest.fixture
+def model(model_cfg):
+    torch.manual_seed(0)
+    return build_model(model_cfg).train()
+
+
+def dropout_ps(model):
+    return [m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+
+
+def plain_output(model, batch):
+    """The head on the un-dropped pooled features, computed by hand."""
+    inputs = model_inputs(batch)
+    states = model.backbone(**inputs).last_hidden_state
+    return model.head(model.pool(states, inputs["attention_mask"])).squeeze(-1)
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("name, cls, params", [
+    ("msd", MultiSampleDropout, {"k": 8, "p": 0.5, "reduce": "loss"}),
+    ("mixout", Mixout, {"p": 0.1, "layers": "all"}),
+    ("rdrop", RDrop, {"alpha": 1.0, "single_forward": True}),
+    ("no_dropout", NoDropout, {}),
+    ("baseline", Regularizer, {}),
+])
+def test_config_instantiates_with_defaults(name, cls, params):
+    reg = instantiate(OmegaConf.load(ROOT / f"conf/regularizer/{name}.yaml"))
+    assert type(reg) is cls
+    assert {k: getattr(reg, k) for k in params} == params
+
+
+# ---------------------------------------------------------------- R-Drop
+
+
+def test_rdrop_consistency_zero_iff_equal():
+    p1 = torch.randn(6)
+    assert consistency(p1, p1.clone()) == 0
+    assert consistency(p1, p1 + 0.1) > 0
+    # a batch x 1 regression output must not fall into the (always zero) softmax-KL branch
+    assert consistency(p1[:, None], p1[:, None] + 0.1) == pytest.approx(0.01)
+
+
+def test_rdrop_consistency_gradient_pulls_together():
+    p1, p2 = torch.randn(8, requires_grad=True), torch.randn(8)
+    (grad,) = torch.autograd.grad(consistency(p1, p2), p1)
+    assert torch.equal(torch.sign(-grad), torch.sign(p2 - p1.detach()))
+    stepped = p1.detach() - 0.1 * grad
+    assert ((stepped - p2).abs() < (p1.detach() - p2).abs()).all()
+
+
+def test_rdrop_classification_consistency_is_symmetric_kl():
+    a, b = torch.randn(5, 3), torch.randn(5, 3)
+    pa, pb = a.softmax(-1), b.softmax(-1)
+    kl_ab = (pa * (pa.log() - pb.log())).sum(-1).mean()
+    kl_ba = (pb * (pb.log() - pa.log())).sum(-1).mean()
+    assert consistency(a, b) == pytest.approx(0.5 * (kl_ab + kl_ba).item(), rel=1e-5)
+    assert consistency(a, a.clone()).abs() < 1e-7
+    assert consistency(a, b) > 0
+
+
+def test_rdrop_without_dropout_equals_two_forwards_and_mse(model, batch):
+    set_dropout(model, 0.0)
+    one = RDrop(alpha=1.0).loss(model, batch, F.mse_loss)
+    two = RDrop(alpha=1.0, single_forward=False).loss(model, batch, F.mse_loss)
+    plain = F.mse_loss(model(**model_inputs(batch)), batch["target"])
+    torch.testing.assert_close(one, two, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_rdrop_halves_of_the_doubled_forward_differ(model, batch):
+    p1, p2 = RDrop().predictions(model, batch)
+    assert p1.shape == p2.shape == batch["target"].shape
+    assert not torch.allclose(p1, p2)
+    losses = {}
+    for alpha in (0.0, 2.0):
+        torch.manual_seed(5)
+        losses[alpha] = RDrop(alpha=alpha).loss(model, batch, F.mse_loss)
+    torch.manual_seed(5)
+    p1, p2 = RDrop().predictions(model, batch)
+    torch.testing.assert_close(losses[2.0] - losses[0.0], 2.0 * consistency(p1, p2))
+
+
+# ---------------------------------------------------------------- Multi-Sample Dropout
+
+
+def test_msd_reductions_use_the_same_masks(model, batch):
+    MultiSampleDropout(k=4).setup(model)
+    torch.manual_seed(1)
+    pred = model(**model_inputs(batch))
+    assert pred.shape == (4, len(TEXTS))
+    target = batch["target"]
+    torch.manual_seed(1)
+    by_loss = MultiSampleDropout(k=4, reduce="loss").loss(model, batch, F.mse_loss)
+    torch.manual_seed(1)
+    by_pred = MultiSampleDropout(k=4, reduce="prediction").loss(model, batch, F.mse_loss)
+    torch.testing.assert_close(by_loss, torch.stack([F.mse_loss(p, target) for p in pred]).mean())
+    torch.testing.assert_close(by_pred, F.mse_loss(pred.mean(0), target))
+    assert by_loss > by_pred  # Jensen: the two reductions really differ when the samples do
+
+
+def test_msd_eval_and_p0_are_the_plain_head(model, batch):
+    MultiSampleDropout(k=8, p=0.5).setup(model)
+    model.eval()
+    torch.testing.assert_close(model(**model_inputs(batch)), plain_output(model, batch))
+
+    MultiSampleDropout(k=8, p=0.0).setup(model)
+    set_dropout(model.backbone, 0.0)
+    model.train()
+    out = model(**model_inputs(batch))
+    assert out.shape == batch["target"].shape
+    torch.testing.assert_close(out, plain_output(model, batch))
+    torch.testing.assert_close(MultiSampleDropout(k=8, p=0.0).loss(model, batch, F.mse_loss),
+                               F.mse_loss(out, batch["target"]))
+
+
+def test_msd_masks_are_independent():
+    layer = MultiSampleDropoutLayer(k=8, p=0.5).train()
+    out = layer(torch.ones(4, 64))
+    assert out.shape == (8, 4, 64)
+    masks = out != 0
+    assert all(not torch.equal(masks[i], masks[j]) for i, j in itertools.combinations(range(8), 2))
+    assert torch.equal(out[masks], torch.full_like(out[masks], 2.0))  # inverted-dropout scaling 1 / (1 - p)
+    assert 0.4 < masks.float().mean() < 0.6
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 0}, {"p": 1.0}, {"p": -0.1}, {"reduce": "mean"}])
+def test_msd_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        MultiSampleDropout(**kwargs)
+
+
+# ---------------------------------------------------------------- Mixout
+
+
+def moved_layer(p: float, dtype=torch.float32) -> MixLinear:
+    """A MixLinear whose weight has moved away from its pretrained target."""
+    torch.manual_seed(0)
+    layer = MixLinear.from_linear(nn.Linear(6, 4, dtype=dtype), p).train()
+    with torch.no_grad():
+        layer.weight.add_(torch.randn_like(layer.weight))
+    return layer
+
+
+def test_mixout_p0_and_eval_are_plain_linear():
+    x = torch.randn(3, 6)
+    layer = moved_layer(0.0)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    layer = moved_layer(0.5).eval()
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_mixout_is_unbiased_with_one_mask_per_input_unit():
+    layer, p = moved_layer(0.3), 0.3
+    w, u = layer.weight.detach(), layer.target
+    with torch.no_grad():
+        draws = torch.stack([layer.mixed_weight() for _ in range(2000)])
+    torch.testing.assert_close(draws.mean(0), w, atol=0.08, rtol=0)
+    # every input column is either the pretrained one or the rescaled fine-tuned one, for all rows at once
+    kept = torch.isclose(draws, u + (w - u) / (1 - p))
+    assert (kept | torch.isclose(draws, u)).all()
+    assert (kept == kept[:, :1, :]).all()
+    assert 0.6 < kept[:, 0].float().mean() < 0.8  # keep probability 1 - p
+
+
+def test_mixout_at_the_pretrained_weight_is_plain_whatever_the_mask():
+    layer = MixLinear.from_linear(nn.Linear(6, 4), 0.7).train()
+    x = torch.randn(3, 6)
+    for _ in range(5):
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_mixout_gradient_is_exact():
+    layer = moved_layer(0.5, torch.float64)
+
+    def forward(x, w, b):
+        with torch.random.fork_rng():
+            torch.manual_seed(3)  # the same mask at every evaluation
+            return torch.func.functional_call(layer, {"weight": w, "bias": b, "target": layer.target}, (x,))
+
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    w = layer.weight.detach().clone().requires_grad_()
+    b = layer.bias.detach().clone().requires_grad_()
+    assert not torch.allclose(forward(x, w, b), F.linear(x, w, b))  # the mask really does something
+    assert torch.autograd.gradcheck(forward, (x, w, b))
+
+
+def test_mixout_state_dict_is_a_plain_models(model, model_cfg):
+    plain_keys = set(model.state_dict())
+    Mixout(p=0.1).setup(model)
+    assert set(model.state_dict()) == plain_keys
+    assert not any(k.endswith("target") for k in model.state_dict())
+    fresh = build_model(model_cfg, pretrained=False)
+    fresh.load_state_dict(model.state_dict())  # strict
+    nn.Linear(6, 4).load_state_dict(moved_layer(0.1).state_dict())
+    model.to(torch.float64)
+    assert all(m.target.dtype == torch.float64 for m in model.modules() if isinstance(m, MixLinear))
+
+
+def test_mixout_setup(model, batch):
+    n_linear = sum(type(m) is nn.Linear for m in model.backbone.modules())
+    weights = {n: m.weight.detach().clone() for n, m in model.backbone.named_modules() if type(m) is nn.Linear}
+    Mixout(p=0.1).setup(model)
+    mixed = {n: m for n, m in model.backbone.named_modules() if isinstance(m, MixLinear)}
+    assert len(mixed) == n_linear > 0
+    assert all(torch.equal(m.target, weights[n]) and torch.equal(m.weight, weights[n]) for n, m in mixed.items())
+    assert all(p == 0 for p in dropout_ps(model))
+    assert type(model.head) is nn.Linear
+    assert not any(isinstance(m, MixLinear) for m in model.pool.modules())
+    # a parameter of the model is what the optimizer will update: the mixed layer's weight must be it
+    assert {id(p) for p in model.parameters()} >= {id(m.weight) for m in mixed.values()}
+
+
+def test_mixout_layer_regex(model):
+    Mixout(p=0.1, layers=r"layer\.1\.").setup(model)
+    mixed = [n for n, m in model.backbone.named_modules() if isinstance(m, MixLinear)]
+    assert mixed and all(".layer.1." in f".{n}" for n in mixed)
+    with pytest.raises(ValueError):
+        Mixout(layers="no_such_layer").setup(model)
+    with pytest.raises(ValueError):
+        Mixout(p=1.0)
+
+
+# ---------------------------------------------------------------- no dropout / baseline
+
+
+def test_no_dropout_is_deterministic_in_train_mode(model, batch):
+    NoDropout().setup(model)
+    assert dropout_ps(model) and all(p == 0 for p in dropout_ps(model))
+    torch.testing.assert_close(model(**model_inputs(batch)), model(**model_inputs(batch)), atol=0, rtol=0)
+
+
+def test_baseline_dropout_is_active_in_train_mode(model, batch):
+    Regularizer().setup(model)
+    assert not torch.allclose(model(**model_inputs(batch)), model(**model_inputs(batch)))
