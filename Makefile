@@ -36,3 +36,9 @@ bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU
 clean:  ## remove run outputs and caches (keeps the virtual environment and data/)
 	rm -rf outputs/* multirun .pytest_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+TS := $(shell date +%Y-%m-%d_%H-%M-%S)
+compare: setup  ## the five regularizers on the same folds, one Hydra multirun -> outputs/compare/<time>/table.md
+	$(PY) -m kfold_nlp -m experiment=baseline,msd,mixout,rdrop,no_dropout $(if $(DATA),data=$(DATA)) \
+	    hydra.sweep.dir=outputs/compare/$(TS) $(ARGS); \
+	status=$$?; $(PY) -m kfold_nlp.summary compare outputs/compare/$(TS) && exit $$status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def bag(test_preds: np.ndarray, how: str) -> np.ndarray:
 
 def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
     """Run (or resume) a full CV experiment into ``run_dir``; returns the metrics dict."""
-    job = job or {}
+    job, started = job or {}, time.perf_counter()
     train, test = load_data(cfg.data, cfg.cv.n_splits)  # bad input fails here, before anything is written
     accelerator = make_accelerator(cfg.trainer)
     main = accelerator.is_main_process
@@ -142,6 +143,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
     mean_pred = np.array([targets[(folds != f)].mean() for f in oof["fold"]])
     mean_rmse = float(np.sqrt(np.mean((mean_pred - oof["target"]) ** 2)))
     metrics = cv_metrics(oof, results, mean_rmse)
+    metrics["cv"]["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_csv(oof, run_dir / "oof.csv")
     if test is not None:
         preds = np.stack([pd.read_csv(fold_dir(run_dir, f) / "test_pred.csv")["pred"].to_numpy() for f in run_folds])
