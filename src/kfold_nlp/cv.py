@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -11,12 +10,12 @@ import numpy as np
 import pandas as pd
 from accelerate.utils import set_seed
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
 from . import tracking
 from .data import DataError, load_table, make_synthetic
-from .files import read_json, write_csv, write_json
+from .files import atomic_path, read_json, write_csv, write_json
 from .folds import make_folds
 from .model import build_model, load_tokenizer
 from .trainer import EncodedRows, make_accelerator, make_loader, predict, train_fold
@@ -44,6 +43,39 @@ def tokenize(tokenizer, texts, max_length: int) -> dict:
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
     return run_dir / f"fold_{fold}"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
+    """Save the config a run folder was started with; refuse to continue that folder with a different one.
+
+    Finished folds are kept on resume, so a changed config would mix two experiments in one OOF file. Hydra
+    rewrites ``.hydra/config.yaml`` on every start (before we can check), hence our own ``run_config.yaml``
+    (unresolved: machine-independent), which a refused start also puts back for ``predict``. ``resume`` and
+    ``logger`` may differ.
+    """
+    path = run_dir / "run_config.yaml"
+    if not path.exists():
+        if save:
+            with atomic_path(path) as tmp:
+                tmp.write_text(OmegaConf.to_yaml(cfg))
+        return
+    saved, now = (_flat(OmegaConf.to_container(c)) for c in (OmegaConf.load(path), cfg))
+    changed = sorted(k for k in saved.keys() | now.keys()
+                     if k.split(".")[0] not in ("resume", "logger")
+                     and saved.get(k, "<unset>") != now.get(k, "<unset>"))
+    if changed:
+        if save and (run_dir / ".hydra").is_dir():
+            with atomic_path(run_dir / ".hydra" / "config.yaml") as tmp:
+                tmp.write_text(path.read_text())
+        raise DataError(f"{path}: this run folder was started with another config; resume it with the same "
+                        f"overrides (differing: {', '.join(changed)})")
 
 
 def cv_metrics(oof: pd.DataFrame, fold_results: dict[int, dict], mean_rmse: float) -> dict:
@@ -81,7 +113,10 @@ def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
     main = accelerator.is_main_process
 
     folds = make_folds(train["target"], cfg.cv.n_splits, cfg.cv.seed, cfg.cv.bins)
+    check_run_config(cfg, run_dir, save=main)  # every process, so none waits for a main process that refused
     if main:
+        for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:  # left by a killed run
+            stale.unlink()
         write_csv(pd.DataFrame({"id": train["id"], "fold": folds, "target": train["target"]}), run_dir / "folds.csv")
     tokenizer = load_tokenizer(cfg.model)
     enc = tokenize(tokenizer, train["text"], cfg.model.max_length)
@@ -120,10 +155,8 @@ def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
                 accelerator.free_memory()
             if main:
                 if cfg.trainer.save_models:
-                    fdir.mkdir(parents=True, exist_ok=True)
-                    tmp = fdir / ".model.safetensors.tmp"
-                    save_model(model, str(tmp))
-                    os.replace(tmp, fdir / "model.safetensors")
+                    with atomic_path(fdir / "model.safetensors") as tmp:
+                        save_model(model, str(tmp))
                 write_csv(pd.DataFrame({"id": train["id"].iloc[va], "pred": res.val_pred}), fdir / "oof.csv")
                 if test is not None:
                     write_csv(pd.DataFrame({"id": test["id"], "pred": test_pred}), fdir / "test_pred.csv")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,10 +14,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, get_scheduler
+from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .optim import build_optimizer
+from .optim import build_optimizer, build_scheduler, weight_penalty
 from .regularizers.base import model_inputs
 
 
@@ -52,14 +54,17 @@ def make_loader(dataset: EncodedRows, tokenizer, batch_size: int, train: bool, s
 
 
 def make_accelerator(trainer_cfg) -> Accelerator:
-    """CUDA when present, CPU otherwise (``cpu=True`` also makes torchrun on CPU really distributed)."""
+    """CUDA when present, CPU otherwise (``cpu=True`` also makes torchrun on CPU really distributed).
+
+    Gradient accumulation is ``optimizer_step``'s, not accelerate's: ``accumulate`` divides every micro-batch by k,
+    which is wrong for a shorter last group of an epoch.
+    """
     precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[trainer_cfg.precision]
     if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("trainer.precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=precision,
-        gradient_accumulation_steps=trainer_cfg.grad_accum,
         step_scheduler_with_optimizer=False,
     )
 
@@ -95,21 +100,50 @@ class FoldResult:
         return math.sqrt(self.best_mse)
 
 
-def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, accelerator, log=lambda d: None, desc=""):
+def micro_batch_groups(loader, k: int):
+    """The loader's batches in lists of ``k`` (the epoch's last list may be shorter): one optimizer step each."""
+    batches = iter(loader)
+    while group := list(itertools.islice(batches, k)):
+        yield group
+
+
+def optimizer_step(model, regularizer, group: list[dict], optimizer, accelerator: Accelerator, loss_fn,
+                   max_grad_norm: float | None = None, penalty=None) -> float:
+    """One optimizer step over a group of micro-batches; returns the group's mean training loss (penalty excluded).
+
+    Each micro-batch's mean loss is weighted by its share of the group's rows (over all processes, DDP averaging
+    undone), so the accumulated gradient is exactly that of one batch of all the rows, a short last group included.
+    The penalty's weights sum to 1, so it counts once per step. Only the last micro-batch all-reduces under DDP;
+    clipping sees the whole accumulated gradient.
+    """
+    sizes = [len(batch["target"]) for batch in group]
+    rows = sum(sizes)
+    total = accelerator.reduce(torch.tensor(rows, device=accelerator.device), reduction="sum").item()
+    # accelerator.backward divides by its gradient_accumulation_steps (1 here, but a process-wide setting): undo it.
+    scale = accelerator.num_processes * accelerator.gradient_accumulation_steps / total
+    mean_loss = 0.0
+    for i, (batch, size) in enumerate(zip(group, sizes)):
+        with accelerator.no_sync(model) if i < len(group) - 1 else nullcontext():
+            loss = regularizer.loss(model, batch, loss_fn)
+            objective = loss + penalty() if penalty is not None else loss
+            accelerator.backward(objective * (size * scale))
+        mean_loss += loss.detach().float().item() * size / rows
+    if max_grad_norm:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad()
+    return mean_loss
+
+
+def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, accelerator,
+               log=lambda metrics, step: None, desc=""):
     """Train one fold and keep the weights of the best validation MSE (in memory; the caller saves them)."""
     tcfg = cfg.trainer
     optimizer = build_optimizer(cfg.optimizer, model)
+    penalty = weight_penalty(model, tcfg.get("penalty"), tcfg.get("penalty_weight", 0.0))
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     steps_per_epoch = math.ceil(len(train_loader) / tcfg.grad_accum)
-    total_steps = steps_per_epoch * tcfg.epochs
-    warmup = cfg.scheduler.warmup
-    scheduler = get_scheduler(
-        cfg.scheduler.name,
-        optimizer,
-        num_warmup_steps=int(warmup * total_steps) if warmup < 1 else int(warmup),
-        num_training_steps=total_steps,
-        scheduler_specific_kwargs=dict(cfg.scheduler.get("kwargs") or {}),
-    )
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch * tcfg.epochs)
     result, bad_evals, start = FoldResult(), 0, time.perf_counter()
     val_target = np.asarray(val_target, dtype=float)
 
@@ -130,23 +164,16 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
         return tcfg.patience is not None and bad_evals >= tcfg.patience
 
     loss_fn = F.mse_loss
-    bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    bar = tqdm(total=steps_per_epoch * tcfg.epochs, desc=desc, disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True)
     step, stop, running = 0, False, []
     model.train()
     for epoch in range(tcfg.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                loss = regularizer.loss(model, batch, loss_fn)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and tcfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            running.append(loss.detach().float().item())
-            if not accelerator.sync_gradients:
-                continue
+        for group in micro_batch_groups(train_loader, tcfg.grad_accum):
+            running.append(optimizer_step(model, regularizer, group, optimizer, accelerator, loss_fn,
+                                          tcfg.max_grad_norm, penalty))
             scheduler.step()
             step += 1
             bar.update(1)

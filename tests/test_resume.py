@@ -1,0 +1,130 @@
+"""Resume: a CV run killed mid-fold and continued with ``resume=<run folder>`` ends like an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, read_metrics, run_cli, tiny_overrides
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from kfold_nlp.__main__ import CONFIG_DIR
+from kfold_nlp.cv import check_run_config
+from kfold_nlp.data import DataError
+
+TEMP = re.compile(r"\..+\.tmp")  # files.atomic_path's temporary names
+
+
+def resume_overrides(data_dir: Path, run_dir: Path) -> list[str]:
+    """The tiny run's overrides, continuing ``run_dir`` through ``resume=`` (which sets hydra.run.dir)."""
+    return [o for o in tiny_overrides(data_dir, run_dir) if not o.startswith("hydra.run.dir=")] + [f"resume={run_dir}"]
+
+
+def untimed(tree):
+    """metrics.json without wall-clock fields, which no two runs share."""
+    if isinstance(tree, dict):
+        return {k: untimed(v) for k, v in tree.items() if not k.endswith("_time_s")}
+    return tree
+
+
+def assert_same_results(run_dir: Path, reference: Path) -> None:
+    for name in ("oof.csv", "submission.csv"):
+        assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
+    assert untimed(read_metrics(run_dir)) == untimed(read_metrics(reference))
+
+
+def assert_nothing_half_written(run_dir: Path, folds: pd.DataFrame, n_test: int) -> None:
+    """Every file is a temporary (dot name, .tmp) or complete: CSVs have all their rows, the rest parse."""
+    for path in run_dir.rglob("*"):
+        if not path.is_file() or TEMP.fullmatch(path.name) or path.suffix == ".log":
+            continue
+        rel = path.relative_to(run_dir).as_posix()
+        if path.suffix == ".yaml":
+            assert yaml.safe_load(path.read_text()), rel
+        elif path.suffix == ".json":
+            assert json.loads(path.read_text()), rel
+        elif path.suffix == ".safetensors":
+            assert load_file(path), rel
+        elif rel == "folds.csv":
+            pd.testing.assert_frame_equal(pd.read_csv(path, dtype={"id": str}), folds)
+        elif m := re.fullmatch(r"fold_(\d+)/(oof|test_pred)\.csv", rel):
+            rows = (folds["fold"] == int(m[1])).sum() if m[2] == "oof" else n_test
+            frame = pd.read_csv(path)
+            assert len(frame) == rows and frame["pred"].notna().all(), rel
+        else:
+            raise AssertionError(f"unexpected file {rel}")
+
+
+def test_killed_mid_fold_then_resumed_equals_an_uninterrupted_run(tiny_run, tmp_path):
+    """SIGKILL while fold 1 trains (its progress bar has started), then ``resume=``: fold 0 is kept, fold 1
+    restarts, and oof.csv, submission.csv and metrics.json equal the uninterrupted run's."""
+    data, run_dir = tiny_run.parent / "data", tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *tiny_overrides(data, run_dir)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = b""
+    try:
+        while b"fold 1:" not in seen:
+            chunk = proc.stderr.read1(65536)
+            assert chunk, f"the run ended before fold 1 started:\n{seen.decode()[-2000:]}"
+            seen += chunk
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (run_dir / "fold_0" / "result.json").exists() and not (run_dir / "fold_1" / "result.json").exists()
+    assert not (run_dir / "oof.csv").exists() and not (run_dir / "metrics.json").exists()
+    reference_folds = pd.read_csv(tiny_run / "folds.csv", dtype={"id": str})
+    assert_nothing_half_written(run_dir, reference_folds, n_test=6)
+    kept = (run_dir / "fold_0" / "model.safetensors").stat().st_mtime_ns
+
+    run_cli(*resume_overrides(data, run_dir))
+    assert (run_dir / "fold_0" / "model.safetensors").stat().st_mtime_ns == kept  # fold 0 not retrained
+    assert_same_results(run_dir, tiny_run)
+    assert not [p for p in run_dir.rglob("*") if TEMP.fullmatch(p.name)]
+
+
+def test_resume_after_a_kill_while_fold_2_was_writing(tiny_run, tmp_path):
+    """A finished run made to look killed while fold 2 wrote its files (no result.json, a truncated oof.csv, a stale
+    temporary, no top-level outputs): resuming retrains fold 2 only and reproduces the run."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
+    fold2 = run_dir / "fold_2"
+    (fold2 / "result.json").unlink()
+    text = (fold2 / "oof.csv").read_text()
+    (fold2 / "oof.csv").write_text(text[: len(text) // 2])
+    (fold2 / ".test_pred.csv.x1y2.tmp").write_text("id,pred\n1,")
+    for name in ("oof.csv", "metrics.json", "submission.csv"):
+        (run_dir / name).unlink()
+    kept = {f: (run_dir / f"fold_{f}" / "result.json").stat().st_mtime_ns for f in (0, 1)}
+
+    run_cli(*resume_overrides(tiny_run.parent / "data", run_dir))
+    assert {f: (run_dir / f"fold_{f}" / "result.json").stat().st_mtime_ns for f in (0, 1)} == kept
+    assert (fold2 / "oof.csv").read_bytes() == (tiny_run / "fold_2" / "oof.csv").read_bytes()
+    assert not (fold2 / ".test_pred.csv.x1y2.tmp").exists()
+    assert_same_results(run_dir, tiny_run)
+
+
+def test_a_run_folder_is_only_continued_with_its_own_config(tmp_path):
+    def cfg(*overrides):
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            return compose("config", ["model=tiny", *overrides])
+
+    check_run_config(cfg(), tmp_path)  # first start: saves it
+    saved = (tmp_path / "run_config.yaml").read_text()
+    check_run_config(cfg(f"resume={tmp_path}", "logger.mode=offline"), tmp_path)  # resume and logger may differ
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("what Hydra wrote for the refused start")
+    with pytest.raises(DataError, match=r"optimizer\.lr, trainer\.epochs\)$"):
+        check_run_config(cfg("optimizer.lr=1e-3", "trainer.epochs=5"), tmp_path)
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == saved  # predict reads the run's own config again
+    assert (tmp_path / "run_config.yaml").read_text() == saved

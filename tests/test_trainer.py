@@ -1,0 +1,117 @@
+"""The real training loop: exact gradient accumulation, a schedule counted in optimizer steps, clipping, penalties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from hydra import compose, initialize_config_dir
+
+from kfold_nlp.__main__ import CONFIG_DIR
+from kfold_nlp.cv import tokenize
+from kfold_nlp.model import build_model, load_tokenizer
+from kfold_nlp.optim import build_optimizer, weight_penalty
+from kfold_nlp.regularizers import Regularizer
+from kfold_nlp.trainer import EncodedRows, make_accelerator, make_loader, micro_batch_groups, optimizer_step, train_fold
+
+LR = 0.05
+TEXTS = [("word " * (3 + 5 * i % 17)) + f"number {i}" for i in range(12)]
+TARGETS = np.linspace(-2.0, 1.0, 12)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """accelerate keeps its state process-wide; each test gets its own."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def config(*overrides: str):
+    """Plain SGD (an update proportional to the gradient: a mis-scaled accumulation shows), no dropout, fp32."""
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("config", [
+            "model=tiny", "model.head_dropout=0", "model.backbone_dropout=0", "optimizer=sgd", f"optimizer.lr={LR}",
+            "scheduler=linear", "scheduler.warmup=0", "trainer.precision=fp32", "trainer.eval_every=null",
+            "trainer.patience=null", "trainer.max_grad_norm=null", *overrides])
+
+
+def fit(n_rows: int, batch_size: int, grad_accum: int, *overrides: str):
+    """train_fold on the first ``n_rows`` texts; returns the parameter updates, the result and the logged (step, lr)."""
+    cfg = config(f"trainer.batch_size={batch_size}", f"trainer.grad_accum={grad_accum}", "trainer.epochs=2", *overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tokenizer = load_tokenizer(cfg.model)
+    rows = EncodedRows(tokenize(tokenizer, TEXTS, 64), np.arange(n_rows), TARGETS)
+    train = make_loader(rows, tokenizer, batch_size, train=True, seed=0)
+    val = make_loader(rows, tokenizer, 16, train=False)
+    logged = []
+    accelerator = make_accelerator(cfg.trainer)
+    result = train_fold(model, Regularizer(), train, val, TARGETS[:n_rows], cfg, accelerator,
+                        log=lambda metrics, step: logged.append((step, metrics["train/lr"])))
+    updates = {n: p.detach() - start[n] for n, p in model.named_parameters()}
+    return updates, result, logged
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.05])
+@pytest.mark.parametrize("n_rows,batch_size,grad_accum,big_batch", [(8, 2, 4, 8), (10, 2, 4, 8), (10, 4, 3, 12)])
+def test_accumulated_micro_batches_give_the_update_of_one_big_batch(n_rows, batch_size, grad_accum, big_batch,
+                                                                    max_grad_norm):
+    """4 micro-batches of 2 == 1 batch of 8, every step for 2 epochs. Weighting by rows (not 1/k) keeps it exact
+    when an epoch ends in a short group (10 rows: 1 micro-batch of 2 against a batch of 2) and when the micro-batches
+    of a group differ in size (4 + 4 + 2 against 10). Clipping applies once, to the accumulated gradient."""
+    clip = [f"trainer.max_grad_norm={max_grad_norm}"] if max_grad_norm else []
+    small, res_small, lr_small = fit(n_rows, batch_size, grad_accum, *clip)
+    big, res_big, lr_big = fit(n_rows, big_batch, 1, *clip)
+    steps = 2 * -(-n_rows // big_batch)  # optimizer steps: 2 epochs of one per big batch (rounded up)
+    assert res_small.steps == res_big.steps == steps
+    for name in big:
+        assert big[name].abs().max() > 0, name
+        torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-6, msg=name)  # ~8 float32 ulps at 1.0
+    # The linear schedule advanced once per optimizer step, not once per micro-batch: lr at each epoch's end.
+    expected = [(steps // 2, pytest.approx(LR / 2)), (steps, pytest.approx(0.0))]
+    assert lr_small == lr_big == expected
+    np.testing.assert_allclose(res_small.val_pred, res_big.val_pred, rtol=1e-5)
+
+
+def test_groups_are_k_micro_batches_with_a_short_last_one():
+    assert [len(g) for g in micro_batch_groups(range(10), 4)] == [4, 4, 2]
+    assert [len(g) for g in micro_batch_groups(range(8), 1)] == [1] * 8
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_the_penalty_enters_the_real_step_once_and_only_on_decayed_weights(kind):
+    """One optimizer_step over 3 micro-batches with a penalty minus the same step without: plain SGD with lr 1 moves
+    the decayed weights by -weight * (sign(w) | w) and leaves biases and LayerNorm alone."""
+    cfg = config("optimizer.lr=1.0", "trainer.batch_size=2")
+    tokenizer = load_tokenizer(cfg.model)
+    rows = EncodedRows(tokenize(tokenizer, TEXTS, 64), np.arange(6), TARGETS)
+    group = list(make_loader(rows, tokenizer, 2, train=True, seed=0))
+    assert len(group) == 3
+    accelerator = make_accelerator(cfg.trainer)
+
+    def step(penalty_kind):
+        torch.manual_seed(0)
+        model = build_model(cfg.model)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        penalty = weight_penalty(model, penalty_kind, 0.01)
+        optimizer_step(model, Regularizer(), group, build_optimizer(cfg.optimizer, model), accelerator,
+                       torch.nn.functional.mse_loss, penalty=penalty)
+        return start, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    start, plain = step(None)
+    _, penalised = step(kind)
+    for name, w in start.items():
+        grad = (w.sign() if kind == "l1" else w) if not (name.endswith("bias") or "LayerNorm" in name) else 0 * w
+        torch.testing.assert_close(penalised[name] - plain[name], -0.01 * grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fp16_is_refused_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ValueError, match="fp16"):
+        make_accelerator(config("trainer.precision=fp16").trainer)
