@@ -42,3 +42,13 @@ compare: setup  ## the five regularizers on the same folds, one Hydra multirun -
 	$(PY) -m kfold_nlp -m experiment=baseline,msd,mixout,rdrop,no_dropout $(if $(DATA),data=$(DATA)) \
 	    hydra.sweep.dir=outputs/compare/$(TS) $(ARGS); \
 	status=$$?; $(PY) -m kfold_nlp.summary compare outputs/compare/$(TS) && exit $$status
+
+HPO ?= rdrop
+sweep: setup  ## Hydra multirun, one CV run per combination: make sweep ARGS="regularizer=msd,rdrop optimizer.lr=1e-5,3e-5" -> outputs/multirun/<time>/sweep.md
+	$(PY) -m kfold_nlp -m $(if $(DATA),data=$(DATA)) $(ARGS)
+
+hpo: setup  ## Optuna TPE search of the CV RMSE: make hpo HPO=rdrop|msd|baseline ARGS="hydra.sweeper.n_trials=30" -> outputs/hpo/hpo_<HPO>/<time>/
+	$(PY) -m kfold_nlp -m +hpo=$(HPO) $(if $(DATA),data=$(DATA)) $(ARGS)
+
+notebook: setup  ## OOF analysis report, headless: make notebook RUNS="outputs/compare/<time>" -> <first folder>/oof_analysis.html
+	$(PY) -m kfold_nlp.report $(RUNS)

@@ -25,7 +25,7 @@ def wandb_run(cfg, *, run_dir, group: str, name: str, job_type: str, tags=()):
     """A W&B run that is finished on every path out: exit code 1 when the block raised."""
     import wandb
 
-    if cfg.logger.mode == "disabled":
+    if cfg.logger.mode == "disabled" or int(os.environ.get("RANK", 0)) != 0:  # under DDP only rank 0 logs
         run = wandb.init(mode="disabled")
     else:
         run = wandb.init(

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
@@ -66,6 +67,8 @@ def make_accelerator(trainer_cfg) -> Accelerator:
         cpu=not torch.cuda.is_available(),
         mixed_precision=precision,
         step_scheduler_with_optimizer=False,
+        # Buffers are the same on every rank (Mixout's pretrained weights among them): never re-send them each step.
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
 
 
