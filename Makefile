@@ -8,11 +8,16 @@ RESUME ?=
 RUN    ?= outputs/$(EXP)/latest
 INPUT  ?=
 RUNS   ?=
+HPO    ?= rdrop
+TS     := $(shell date +%Y-%m-%d_%H-%M-%S)
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup cv predict test bench compare sweep hpo notebook clean
+.PHONY: help setup cv predict test bench compare sweep hpo notebook clean
+
+help:  ## this list
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,13 +42,11 @@ clean:  ## remove run outputs and caches (keeps the virtual environment and data
 	rm -rf outputs/* multirun .pytest_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
-TS := $(shell date +%Y-%m-%d_%H-%M-%S)
 compare: setup  ## the five regularizers on the same folds, one Hydra multirun -> outputs/compare/<time>/table.md
 	$(PY) -m kfold_nlp -m experiment=baseline,msd,mixout,rdrop,no_dropout $(if $(DATA),data=$(DATA)) \
 	    hydra.sweep.dir=outputs/compare/$(TS) $(ARGS); \
 	status=$$?; $(PY) -m kfold_nlp.summary compare outputs/compare/$(TS) && exit $$status
 
-HPO ?= rdrop
 sweep: setup  ## Hydra multirun, one CV run per combination: make sweep ARGS="regularizer=msd,rdrop optimizer.lr=1e-5,3e-5" -> outputs/multirun/<time>/sweep.md
 	$(PY) -m kfold_nlp -m $(if $(DATA),data=$(DATA)) $(ARGS)
 
