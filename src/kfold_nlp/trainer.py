@@ -180,15 +180,10 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
             scheduler.step()
             step += 1
             bar.update(1)
-            if tcfg.eval_every and step % tcfg.eval_every == 0 and step % steps_per_epoch != 0:
-                stop = evaluate(step, float(np.mean(running)))
-                running = []
-            if stop:
-                break
-        if stop:
-            break
-        stop = evaluate(step, float(np.mean(running)) if running else float("nan"))
-        running = []
+            if step % steps_per_epoch == 0 or (tcfg.eval_every and step % tcfg.eval_every == 0):
+                stop, running = evaluate(step, float(np.mean(running))), []
+                if stop:
+                    break
         if stop:
             break
     bar.close()
