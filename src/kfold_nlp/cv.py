@@ -176,7 +176,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
     mean_pred = np.array([targets[(folds != f)].mean() for f in oof["fold"]])
     mean_rmse = float(np.sqrt(np.mean((mean_pred - oof["target"]) ** 2)))
     metrics = cv_metrics(oof, results, mean_rmse)
-    metrics["cv"]["wall_time_s"] = round(time.perf_counter() - started, 1)
+    metrics["cv"] |= {"wall_time_s": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes}
     write_csv(oof, run_dir / "oof.csv")
     if test is not None:
         preds = np.stack([pd.read_csv(fold_dir(run_dir, f) / "test_pred.csv")["pred"].to_numpy() for f in run_folds])
