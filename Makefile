@@ -11,10 +11,18 @@ RUNS   ?=
 HPO    ?= rdrop
 TS     := $(shell date +%Y-%m-%d_%H-%M-%S)
 
-export HF_HUB_OFFLINE := 1
+# `make cv model=tiny` would set a make variable and drop the override silently: refuse words make does not know.
+KNOWN   := VENV EXP DATA ARGS RESUME RUN INPUT RUNS HPO
+empty   :=
+space   := $(empty) $(empty)
+UNKNOWN := $(filter-out $(KNOWN),$(foreach v,$(subst \$(space),_,$(MAKEOVERRIDES)),$(firstword $(subst =, ,$(v)))))
+ifneq ($(strip $(UNKNOWN)),)
+$(error unknown variable(s) $(strip $(UNKNOWN)): Hydra overrides go in ARGS, e.g. make cv ARGS="model=tiny cv.n_splits=3")
+endif
+
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup cv predict test bench compare sweep hpo notebook clean
+.PHONY: help setup cv predict test bench compare sweep hpo notebook ensemble clean
 
 help:  ## this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,10 +35,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 setup: $(VENV)/.installed  ## virtual environment + requirements (idempotent)
 
 cv: setup  ## one CV experiment: make cv EXP=rdrop DATA=commonlit ARGS="cv.n_splits=3"
-	$(PY) -m kfold_nlp experiment=$(EXP) $(if $(DATA),data=$(DATA)) $(if $(RESUME),resume=$(RESUME)) $(ARGS)
+	$(PY) -m kfold_nlp experiment=$(EXP) $(if $(DATA),data=$(DATA)) $(if $(RESUME),"resume=$(RESUME)") $(ARGS)
 
-predict: setup  ## bagged submission from a run's fold models: make predict RUN=outputs/baseline/latest INPUT=test.csv
-	$(PY) -m kfold_nlp.predict $(RUN) $(INPUT) $(ARGS)
+predict: setup  ## bagged predictions of a run's fold models: make predict RUN=outputs/baseline/latest [INPUT=test.csv] [ARGS="--text-col passage"]
+	$(PY) -m kfold_nlp.predict "$(RUN)" $(if $(INPUT),"$(INPUT)") $(ARGS)
 
 test: setup  ## the test suite (tiny random models, no network)
 	$(PY) -m pytest
@@ -55,3 +63,6 @@ hpo: setup  ## Optuna TPE search of the CV RMSE: make hpo HPO=rdrop|msd|baseline
 
 notebook: setup  ## OOF analysis report, headless: make notebook RUNS="outputs/compare/<time>" -> <first folder>/oof_analysis.html
 	$(PY) -m kfold_nlp.report $(RUNS)
+
+ensemble: setup  ## blend runs on the same folds: make ensemble RUNS="outputs/compare/<time>" ARGS="--method mean|nnls|greedy" -> outputs/ensemble/<time>/
+	$(PY) -m kfold_nlp.ensemble $(RUNS) $(ARGS)

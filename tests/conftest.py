@@ -64,6 +64,18 @@ def wandb_runs(run_dir: Path) -> list[dict]:
     return runs
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps its state process-wide; a test that builds accelerators gets its own."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """One complete CV run of the real CLI with offline W&B; read-only for the tests that share it."""
@@ -76,3 +88,30 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_train(tiny_run) -> pd.DataFrame:
     return pd.read_csv(tiny_run.parent / "data" / "train.csv", dtype={"id": str})
+
+
+TEXTS = ["The cat sat on the mat.", "A much longer sentence about reading levels of old texts.",
+         "Short one.", "Readability depends on words, sentences and ideas."]
+
+
+@pytest.fixture(scope="session")
+def model_cfg():
+    """The tiny random BERT's ``model`` group."""
+    from omegaconf import OmegaConf
+
+    import kfold_nlp  # noqa: F401  (registers the ${minilm_path:} resolver)
+
+    return OmegaConf.load(ROOT / "conf/model/tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def batch(model_cfg):
+    """``TEXTS`` collated as a training batch: random targets and standard errors (one 0, like CommonLit's anchor)."""
+    import torch
+
+    from kfold_nlp.model import load_tokenizer
+
+    enc = load_tokenizer(model_cfg)(TEXTS, padding=True, return_tensors="pt")
+    return dict(enc) | {"target": torch.randn(len(TEXTS), generator=torch.Generator().manual_seed(0)),
+                        "index": torch.arange(len(TEXTS)), "standard_error": torch.tensor([0.5, 0.0, 0.45, 0.6])}
+

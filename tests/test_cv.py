@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import read_metrics, run_cli, tiny_overrides, wandb_runs
 
+from hydra import compose, initialize_config_dir
+
+from kfold_nlp import cv
 from kfold_nlp.folds import make_folds, sturges_bins
+from kfold_nlp.paths import CONFIG_DIR
 
 
 def test_folds_are_disjoint_and_cover_every_row_once(tiny_run, tiny_train):
@@ -90,3 +98,67 @@ def test_same_seed_gives_the_same_oof(tiny_run, tmp_path):
     first = pd.read_csv(tiny_run / "oof.csv")
     second = pd.read_csv(tmp_path / "again" / "oof.csv")
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_the_run_is_named_after_the_regularizer_actually_used(tiny_run, tmp_path):
+    """A preset followed by ``regularizer=msd`` trains MSD, so folder, W&B group and runs say msd."""
+    overrides = [o for o in tiny_overrides(tiny_run.parent / "data", tmp_path) if not o.startswith(("hydra.run.dir",
+                                                                                                     "logger.mode"))]
+    proc = subprocess.run([sys.executable, "-m", "kfold_nlp", "experiment=baseline", "regularizer=msd", "cv.folds=[0]",
+                           "logger.mode=offline", *overrides], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = [p for p in (tmp_path / "outputs").glob("*/*") if p.name != "latest"]
+    assert run_dir.parent.name == "msd" and (run_dir.parent / "latest").resolve() == run_dir.resolve()
+    assert {r["group"] for r in wandb_runs(run_dir)} == {"msd"}
+    assert "1 of 3 folds" in proc.stdout  # a partial run says which folds its CV score covers
+
+
+def test_num_workers_reaches_every_loader(tiny_run, tmp_path, monkeypatch):
+    seen, real = [], cv.make_loader
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("num_workers", args[5] if len(args) > 5 else 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cv, "make_loader", recording)
+    overrides = [o for o in tiny_overrides(tiny_run.parent / "data", tmp_path) if not o.startswith("hydra.")]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", [*overrides, "name=test", "cv.folds=[0]", "trainer.num_workers=1"])
+    cv.run(cfg, tmp_path / "run")
+    assert len(seen) == 3 and set(seen) == {1}  # train, validation, test
+
+
+def test_a_diverged_fold_is_one_line_a_failed_wandb_run_and_no_results(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(*tiny_overrides(tiny_run.parent / "data", run_dir, logger="offline"), "optimizer=sgd",
+                   "optimizer.lr=1e12", "trainer.max_grad_norm=null", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == ("error: fold 0 diverged at step 2 (loss nan); lower optimizer.lr or use "
+                                            "trainer.precision=fp32")
+    assert "Traceback" not in proc.stderr
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "fold_0" / "result.json").exists()
+    (fold0,) = wandb_runs(run_dir)
+    assert fold0["state"] == "failed" or fold0.get("exit_code", 1) != 0, fold0
+
+
+def test_results_are_assembled_by_id_never_by_position(tiny_run, tmp_path):
+    """A fold file whose ids do not match folds.csv, or a train file changed before a resume, is refused."""
+    data, run_dir = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(tiny_run.parent / "data", data)
+    overrides = [*tiny_overrides(data, run_dir), "cv.folds=[0,1]"]
+    run_cli(*overrides)
+    resume = [o for o in overrides if not o.startswith("hydra.run.dir")] + [f"resume={run_dir}"]
+
+    oof = pd.read_csv(run_dir / "fold_1" / "oof.csv", dtype={"id": str})
+    oof.iloc[[0, 1]] = oof.iloc[[1, 0]].to_numpy()  # two rows swapped: same ids, other order
+    oof.to_csv(run_dir / "fold_1" / "oof.csv", index=False)
+    (run_dir / "metrics.json").unlink()
+    proc = run_cli(*resume, check=False)
+    assert proc.returncode == 2 and "fold_1/oof.csv: ids differ" in proc.stderr.strip().splitlines()[-1]
+    assert not (run_dir / "metrics.json").exists()
+
+    train = pd.read_csv(data / "train.csv", dtype=str)
+    train.loc[5, "id"] = "changed"
+    train.to_csv(data / "train.csv", index=False)
+    proc = run_cli(*resume, check=False)
+    assert proc.returncode == 2 and "folds.csv: ids differ from the train file" in proc.stderr

@@ -265,3 +265,32 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         make_synthetic(tmp_path, n_train=10, n_test=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_synthetic_set_is_regenerated_when_its_parameters_change(tmp_path):
+    train, _ = make_synthetic(tmp_path, n_train=20, n_test=3, seed=1)
+    first = train.stat().st_mtime_ns
+    make_synthetic(tmp_path, n_train=20, n_test=3, seed=1)
+    assert train.stat().st_mtime_ns == first  # same parameters: reused
+    make_synthetic(tmp_path, n_train=30, n_test=3, seed=1)
+    assert len(pd.read_csv(train)) == 30
+    before = pd.read_csv(train)
+    make_synthetic(tmp_path, n_train=30, n_test=3, seed=2)
+    assert not pd.read_csv(train)["excerpt"].equals(before["excerpt"])
+
+
+def test_synthetic_max_length_reads_whole_passages(tmp_path):
+    """The synthetic preset's max_length must not truncate a generated passage (else length grouping does nothing
+    and the noise floor of about 0.3 is out of reach)."""
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    import kfold_nlp  # noqa: F401  (the ${minilm_path:} resolver)
+    from kfold_nlp.paths import CONFIG_DIR
+
+    preset = OmegaConf.load(f"{CONFIG_DIR}/data/synthetic.yaml")
+    train, _ = make_synthetic(tmp_path, **preset.data.generate)
+    model = OmegaConf.load(f"{CONFIG_DIR}/model/minilm.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(OmegaConf.to_container(model, resolve=True)["backbone"])
+    longest = max(len(ids) for ids in tokenizer(pd.read_csv(train)["excerpt"].tolist())["input_ids"])
+    assert longest <= preset.model.max_length, longest

@@ -13,29 +13,19 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import kfold_nlp  # noqa: F401  (registers the ${minilm_path:} resolver)
-from kfold_nlp.model import build_model, load_tokenizer
+from conftest import TEXTS
+from kfold_nlp.model import build_model
 from kfold_nlp.regularizers import Regularizer, set_dropout
 from kfold_nlp.regularizers.base import model_inputs
 from kfold_nlp.regularizers.mixout import MixLinear, Mixout
+from kfold_nlp.regularizers.mixup import Mixup
 from kfold_nlp.regularizers.msd import MultiSampleDropout, MultiSampleDropoutLayer
 from kfold_nlp.regularizers.no_dropout import NoDropout
 from kfold_nlp.regularizers.rdrop import RDrop, consistency
+from kfold_nlp.tasks import GaussianNLL, Task
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["The cat sat on the mat.", "A much longer sentence about reading levels of old texts.",
-         "Short one.", "Readability depends on words, sentences and ideas."]
-
-
-@pytest.fixture(scope="module")
-def model_cfg():
-    return OmegaConf.load(ROOT / "conf/model/tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def batch(model_cfg):
-    enc = load_tokenizer(model_cfg)(TEXTS, padding=True, return_tensors="pt")
-    return dict(enc) | {"target": torch.randn(len(TEXTS), generator=torch.Generator().manual_seed(0)),
-                        "index": torch.arange(len(TEXTS))}
+MSE = Task().loss  # the task's loss: (pred, batch) -> the MSE on batch["target"]
 
 
 @pytest.fixture
@@ -64,6 +54,7 @@ def plain_output(model, batch):
     ("rdrop", RDrop, {"alpha": 1.0, "single_forward": True}),
     ("no_dropout", NoDropout, {}),
     ("baseline", Regularizer, {}),
+    ("mixup", Mixup, {"alpha": 0.4}),
 ])
 def test_config_instantiates_with_defaults(name, cls, params):
     reg = instantiate(OmegaConf.load(ROOT / f"conf/regularizer/{name}.yaml"))
@@ -102,24 +93,28 @@ def test_rdrop_classification_consistency_is_symmetric_kl():
 
 def test_rdrop_without_dropout_equals_two_forwards_and_mse(model, batch):
     set_dropout(model, 0.0)
-    one = RDrop(alpha=1.0).loss(model, batch, F.mse_loss)
-    two = RDrop(alpha=1.0, single_forward=False).loss(model, batch, F.mse_loss)
+    one = RDrop(alpha=1.0).loss(model, batch, MSE).loss
+    two = RDrop(alpha=1.0, single_forward=False).loss(model, batch, MSE).loss
     plain = F.mse_loss(model(**model_inputs(batch)), batch["target"])
     torch.testing.assert_close(one, two, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(one, plain, atol=1e-5, rtol=1e-5)
 
 
-def test_rdrop_halves_of_the_doubled_forward_differ(model, batch):
+def test_rdrop_loss_is_the_papers_form_halved(model, batch):
+    """``(mse(p1, y) + mse(p2, y) + alpha * mean((p1 - p2)^2)) / 2``, written out by hand on the same masks."""
     p1, p2 = RDrop().predictions(model, batch)
     assert p1.shape == p2.shape == batch["target"].shape
     assert not torch.allclose(p1, p2)
-    losses = {}
+    y = batch["target"]
     for alpha in (0.0, 2.0):
         torch.manual_seed(5)
-        losses[alpha] = RDrop(alpha=alpha).loss(model, batch, F.mse_loss)
-    torch.manual_seed(5)
-    p1, p2 = RDrop().predictions(model, batch)
-    torch.testing.assert_close(losses[2.0] - losses[0.0], 2.0 * consistency(p1, p2))
+        parts = RDrop(alpha=alpha).loss(model, batch, MSE)
+        torch.manual_seed(5)
+        p1, p2 = RDrop().predictions(model, batch)
+        by_hand = 0.5 * (((p1 - y) ** 2).mean() + ((p2 - y) ** 2).mean() + alpha * ((p1 - p2) ** 2).mean())
+        torch.testing.assert_close(parts.loss, by_hand)
+        torch.testing.assert_close(parts.terms["rdrop_consistency"], ((p1 - p2) ** 2).mean())
+        torch.testing.assert_close(parts.pred, torch.stack([p1, p2]))
 
 
 # ---------------------------------------------------------------- Multi-Sample Dropout
@@ -132,9 +127,9 @@ def test_msd_reductions_use_the_same_masks(model, batch):
     assert pred.shape == (4, len(TEXTS))
     target = batch["target"]
     torch.manual_seed(1)
-    by_loss = MultiSampleDropout(k=4, reduce="loss").loss(model, batch, F.mse_loss)
+    by_loss = MultiSampleDropout(k=4, reduce="loss").loss(model, batch, MSE).loss
     torch.manual_seed(1)
-    by_pred = MultiSampleDropout(k=4, reduce="prediction").loss(model, batch, F.mse_loss)
+    by_pred = MultiSampleDropout(k=4, reduce="prediction").loss(model, batch, MSE).loss
     torch.testing.assert_close(by_loss, torch.stack([F.mse_loss(p, target) for p in pred]).mean())
     torch.testing.assert_close(by_pred, F.mse_loss(pred.mean(0), target))
     assert by_loss > by_pred  # Jensen: the two reductions really differ when the samples do
@@ -151,7 +146,7 @@ def test_msd_eval_and_p0_are_the_plain_head(model, batch):
     out = model(**model_inputs(batch))
     assert out.shape == batch["target"].shape
     torch.testing.assert_close(out, plain_output(model, batch))
-    torch.testing.assert_close(MultiSampleDropout(k=8, p=0.0).loss(model, batch, F.mse_loss),
+    torch.testing.assert_close(MultiSampleDropout(k=8, p=0.0).loss(model, batch, MSE).loss,
                                F.mse_loss(out, batch["target"]))
 
 
@@ -274,3 +269,60 @@ def test_no_dropout_is_deterministic_in_train_mode(model, batch):
 def test_baseline_dropout_is_active_in_train_mode(model, batch):
     Regularizer().setup(model)
     assert not torch.allclose(model(**model_inputs(batch)), model(**model_inputs(batch)))
+
+
+# ---------------------------------------------------------------- Mixup
+
+
+def test_mixup_alpha_0_is_exactly_the_baseline_loss(model, batch):
+    """Dropout on, same seed: nothing is drawn for the mix, so the loss and the masks are the baseline's."""
+    torch.manual_seed(4)
+    base = Regularizer().loss(model, batch, MSE)
+    mixup = Mixup(alpha=0.0)
+    mixup.setup(model)
+    torch.manual_seed(4)
+    parts = mixup.loss(model, batch, MSE)
+    torch.testing.assert_close(parts.loss, base.loss, atol=0, rtol=0)
+    torch.testing.assert_close(parts.pred, base.pred, atol=0, rtol=0)
+    assert mixup.last_mix is None
+
+
+@pytest.mark.parametrize("task", [Task(), GaussianNLL(min_se=0.25)], ids=["single", "gaussian"])
+def test_mixup_loss_is_the_closed_form_mixed_loss(model, batch, task):
+    """``loss(head(lam f + (1 - lam) f[perm]), lam y + (1 - lam) y[perm])`` with every label column mixed, for the
+    recorded ``lam`` and ``perm``; the logged predictions are the unmixed rows'."""
+    set_dropout(model, 0.0)
+    mixup = Mixup(alpha=0.4)
+    mixup.setup(model)
+    torch.manual_seed(2)  # a draw that really mixes: lam 0.54, no row paired with itself
+    parts = mixup.loss(model, batch, task.loss)
+    lam, perm = mixup.last_mix
+    assert 0.1 < lam < 0.9 and not torch.equal(perm, torch.arange(len(TEXTS)))
+    f = model.features(**model_inputs(batch))
+    mixed_pred = model.head(lam * f + (1 - lam) * f[perm]).squeeze(-1)
+    y = lam * batch["target"] + (1 - lam) * batch["target"][perm]
+    se = lam * batch["standard_error"] + (1 - lam) * batch["standard_error"][perm]
+    if isinstance(task, GaussianNLL):
+        by_hand = ((mixed_pred - y) ** 2 / (2 * se.clamp(min=0.25) ** 2)).mean()
+    else:
+        by_hand = ((mixed_pred - y) ** 2).mean()
+    torch.testing.assert_close(parts.loss, by_hand)
+    torch.testing.assert_close(parts.pred, model.head(f).squeeze(-1))
+    assert parts.terms["mixup_lambda"].item() == pytest.approx(lam)
+
+
+def test_mixup_lambda_is_beta_and_eval_and_checkpoints_are_the_plain_models(model, model_cfg, batch):
+    torch.manual_seed(0)
+    lams = torch.tensor([Mixup(alpha=0.4).draw(4, "cpu")[0] for _ in range(4000)])
+    assert lams.mean() == pytest.approx(0.5, abs=0.02)
+    assert lams.var() == pytest.approx(1 / (4 * (2 * 0.4 + 1)), abs=0.01)  # Beta(a, a): 1 / (4 (2a + 1))
+    plain_keys = set(model.state_dict())
+    Mixup(alpha=0.4).setup(model)
+    assert set(model.state_dict()) == plain_keys
+    model.eval()
+    torch.testing.assert_close(model(**model_inputs(batch)), plain_output(model, batch))
+
+
+def test_mixup_rejects_a_negative_alpha():
+    with pytest.raises(ValueError, match="regularizer.alpha=-1"):
+        Mixup(alpha=-1)

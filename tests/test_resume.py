@@ -17,7 +17,7 @@ from conftest import ROOT, read_metrics, run_cli, tiny_overrides
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from kfold_nlp.__main__ import CONFIG_DIR
+from kfold_nlp.paths import CONFIG_DIR
 from kfold_nlp.cv import check_run_config
 from kfold_nlp.data import DataError
 
@@ -90,6 +90,7 @@ def test_killed_mid_fold_then_resumed_equals_an_uninterrupted_run(tiny_run, tmp_
     run_cli(*resume_overrides(data, run_dir))
     assert (run_dir / "fold_0" / "model.safetensors").stat().st_mtime_ns == kept  # fold 0 not retrained
     assert_same_results(run_dir, tiny_run)
+    assert (run_dir.parent / "latest").resolve() == run_dir.resolve()  # a resumed run is the latest too
     assert not [p for p in run_dir.rglob("*") if TEMP.fullmatch(p.name)]
 
 

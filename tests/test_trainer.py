@@ -5,29 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from hydra import compose, initialize_config_dir
 
-from kfold_nlp.__main__ import CONFIG_DIR
-from kfold_nlp.cv import tokenize
+from kfold_nlp.paths import CONFIG_DIR
+from kfold_nlp.model import tokenize
 from kfold_nlp.model import build_model, load_tokenizer
 from kfold_nlp.optim import build_optimizer, weight_penalty
 from kfold_nlp.regularizers import Regularizer
-from kfold_nlp.trainer import EncodedRows, make_accelerator, make_loader, micro_batch_groups, optimizer_step, train_fold
+from kfold_nlp.tasks import Task
+from kfold_nlp.trainer import (
+    Diverged, EncodedRows, make_accelerator, make_loader, micro_batch_groups, optimizer_step, train_fold,
+)
 
 LR = 0.05
 TEXTS = [("word " * (3 + 5 * i % 17)) + f"number {i}" for i in range(12)]
 TARGETS = np.linspace(-2.0, 1.0, 12)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """accelerate keeps its state process-wide; each test gets its own."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def config(*overrides: str):
@@ -99,8 +94,8 @@ def test_the_penalty_enters_the_real_step_once_and_only_on_decayed_weights(kind)
         model = build_model(cfg.model)
         start = {n: p.detach().clone() for n, p in model.named_parameters()}
         penalty = weight_penalty(model, penalty_kind, 0.01)
-        optimizer_step(model, Regularizer(), group, build_optimizer(cfg.optimizer, model), accelerator,
-                       torch.nn.functional.mse_loss, penalty=penalty)
+        optimizer_step(model, Regularizer(), group, build_optimizer(cfg.optimizer, model), accelerator, Task(),
+                       penalty=penalty)
         return start, {n: p.detach().clone() for n, p in model.named_parameters()}
 
     start, plain = step(None)
@@ -115,3 +110,27 @@ def test_fp16_is_refused_without_cuda():
         pytest.skip("CUDA present")
     with pytest.raises(ValueError, match="fp16"):
         make_accelerator(config("trainer.precision=fp16").trainer)
+
+
+@pytest.mark.parametrize("where", ["loss", "validation MSE"])
+def test_a_non_finite_loss_or_validation_mse_stops_the_fold_at_once(where, monkeypatch):
+    """An SGD step of lr 1e12 sends the loss to nan at step 2; a nan prediction makes the validation MSE nan."""
+    if where == "loss":
+        with pytest.raises(Diverged, match=r"^fold 3 diverged at step 2 \(loss nan\); lower optimizer.lr"):
+            fit_fold_of(6, 2, "optimizer.lr=1e12", fold=3)
+    else:
+        monkeypatch.setattr("kfold_nlp.trainer.predict", lambda *a, **k: np.full(6, np.nan))
+        with pytest.raises(Diverged, match=r"^fold 0 diverged at step 2 \(validation MSE nan\)"):
+            fit_fold_of(6, 2, "trainer.eval_every=2")
+
+
+def fit_fold_of(n_rows: int, batch_size: int, *overrides: str, fold: int = 0):
+    cfg = config(f"trainer.batch_size={batch_size}", *overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    rows = EncodedRows(tokenize(tokenizer, TEXTS, 64), np.arange(n_rows), TARGETS)
+    return train_fold(model, Regularizer(), make_loader(rows, tokenizer, batch_size, train=True, seed=0),
+                      make_loader(rows, tokenizer, 16, train=False), TARGETS[:n_rows], cfg,
+                      make_accelerator(cfg.trainer), fold=fold)
+

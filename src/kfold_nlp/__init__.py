@@ -1,6 +1,10 @@
 """K-fold cross-validation training pipeline for transformer text regression."""
 
+import os
+
 from omegaconf import OmegaConf
+
+_ALLOCATED: dict[str, str] = {}
 
 
 def _minilm_path() -> str:
@@ -11,8 +15,24 @@ def _minilm_path() -> str:
 
 
 def _run_dir(resume, fresh: str) -> str:
-    """``resume=<run folder>`` continues that folder; otherwise a fresh timestamped one."""
-    return str(resume) if resume else fresh
+    """``resume=<run folder>`` continues that folder; otherwise a new one, ``fresh`` or ``fresh-2``, ``fresh-3``...
+
+    The folder is created here with ``os.mkdir``, which is atomic: two runs started in the same second get two
+    folders. Remembered per process, since Hydra may resolve ``hydra.run.dir`` more than once.
+    """
+    if resume:
+        return str(resume)
+    if fresh not in _ALLOCATED:
+        os.makedirs(os.path.dirname(fresh) or ".", exist_ok=True)
+        for n in range(1, 10_000):
+            path = fresh if n == 1 else f"{fresh}-{n}"
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+            _ALLOCATED[fresh] = path
+            break
+    return _ALLOCATED[fresh]
 
 
 # Configs say ``${minilm_path:}`` so they work on any machine without a model hub.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,13 +14,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .data import DataError
+from .paths import CONFIG_DIR, offline_for_local
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger("kfold_nlp")
+STUB = {".hydra", "run.log"}  # what Hydra writes into a run folder before our code runs
 
 
 def _point_latest(run_dir: Path) -> None:
-    """``outputs/<experiment>/latest`` -> the newest run folder."""
+    """``outputs/<experiment>/latest`` -> the newest finished run folder."""
     link = run_dir.parent / "latest"
     tmp = run_dir.parent / ".latest.tmp"
     tmp.unlink(missing_ok=True)
@@ -27,29 +29,64 @@ def _point_latest(run_dir: Path) -> None:
     os.replace(tmp, link)
 
 
+def is_stub(run_dir: Path) -> bool:
+    """A folder holding only what Hydra wrote at start-up: no result of ours."""
+    return run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= STUB
+
+
+def _remove_stub(run_dir: Path) -> None:
+    """A start refused for bad input leaves no folder that looks like a run."""
+    if is_stub(run_dir):
+        logging.shutdown()  # close the log file before removing it
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1" if "minilm" in str(cfg.model.backbone) else "0")
-    from . import cv  # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     job = {"num": hc.job.num, "sweep_id": Path(hc.sweep.dir).name} if multirun else {}
+    offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
+    from . import cv  # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
+    from .schema import ConfigError, validate
+    from .trainer import Diverged
+
     try:
+        if cfg.get("resume") is not None and is_stub(run_dir):  # Hydra made the folder a typo named
+            _remove_stub(run_dir)
+        validate(cfg)
+        log.info(cv.describe(cfg, run_dir))
         metrics = cv.run(cfg, run_dir, job)
-    except DataError as err:
+    except (DataError, ConfigError) as err:
+        if multirun:
+            raise
+        _remove_stub(run_dir)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Diverged as err:
         if multirun:
             raise
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        _remove_stub(run_dir)
+        if run_dir.exists():
+            print(f"interrupted: finished folds are kept in {run_dir}; continue with RESUME={run_dir} "
+                  f"(or resume={run_dir})", file=sys.stderr)
+        else:
+            print("interrupted before anything was written", file=sys.stderr)
+        sys.exit(130)
     if not metrics:  # not the main process
         return float("nan")
-    if not multirun and cfg.resume is None:
+    if not multirun:
         _point_latest(run_dir)
-    c = metrics["cv"]
-    print(f"Run folder: {run_dir} | CV RMSE {c['rmse']:.4f} | CV MSE {c['mse']:.4f} "
-          f"(predicting the training mean: RMSE {c['mean_predictor_rmse']:.4f})")
+    c, folds = metrics["cv"], cfg.cv.folds
+    covers = "" if folds is None else f" over folds {list(folds)} only ({len(folds)} of {cfg.cv.n_splits} folds)"
+    log.info("Run folder: %s | CV RMSE %.4f | CV MSE %.4f%s (predicting the training mean: RMSE %.4f)",
+             run_dir, c["rmse"], c["mse"], covers, c["mean_predictor_rmse"])
     return c["rmse"]
 
 

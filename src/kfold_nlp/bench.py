@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import kfold_nlp  # noqa: F401  (registers the ${minilm_path:} resolver)
 from kfold_nlp.model import build_model, load_tokenizer
+from kfold_nlp.paths import CONFIG_DIR
+from kfold_nlp.tasks import Task
 
 # (label, conf/regularizer/<name>.yaml, constructor overrides, (max ratio to baseline, strict?) or None)
 RUNS = [
@@ -37,13 +38,12 @@ RUNS = [
     ("rdrop", "rdrop", {}, (2.0, True)),
     ("rdrop_2fwd", "rdrop", {"single_forward": False}, None),
     ("no_dropout", "no_dropout", {}, None),
+    ("mixup", "mixup", {}, None),
 ]
 
 
 def conf_dir() -> Path:
-    """The repo's ``conf/`` when run from a checkout, else ``./conf``."""
-    here = Path(__file__).resolve().parents[2] / "conf"
-    return here if here.is_dir() else Path("conf")
+    return Path(CONFIG_DIR)
 
 
 def load_texts(path: Path, n: int, tokenizer, seed: int) -> tuple[list[str], list[float]]:
@@ -142,7 +142,7 @@ class Run:
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            loss = self.regularizer.loss(self.model, batch, F.mse_loss)
+            loss = self.regularizer.loss(self.model, batch, Task().loss).loss
         loss.backward()
         self.optimizer.step()
         if self.device.type == "cuda":

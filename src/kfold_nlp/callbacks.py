@@ -51,4 +51,6 @@ class SweepSummary(Callback):
         _locked_write(out.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        _locked_write(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        _locked_write(sweep_dir)
+        log.info("Sweep folder: %s | summary: %s", sweep_dir, sweep_dir / "sweep.md")

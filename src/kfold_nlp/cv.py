@@ -1,9 +1,18 @@
-"""The K-fold cross-validation runner: folds, per-fold training, OOF predictions, bagging, run folder."""
+"""The K-fold cross-validation runner: the run folder is prepared, filled fold by fold, then collected.
+
+- ``prepare`` checks the data, writes ``folds.csv`` and ``run_config.yaml`` (and refuses a resumed folder whose
+  train file or config changed);
+- ``fit_fold`` trains fold k and writes ``fold_k/`` (``result.json`` last: the fold is finished);
+- ``collect`` builds ``oof.csv``, ``submission.csv`` and ``metrics.json`` from the ``fold_*`` folders, checking every
+  id against ``folds.csv`` and the test file, so rows can never be misaligned.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,32 +22,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
-from . import tracking
-from .data import DataError, load_table, make_synthetic
+from . import distill, tracking
+from .data import DataError, load_data
 from .files import atomic_path, read_json, write_csv, write_json
 from .folds import make_folds
-from .model import build_model, load_tokenizer
+from .model import build_model, load_tokenizer, tokenize
+from .predict import bag
+from .tasks import check_columns
 from .trainer import EncodedRows, make_accelerator, make_loader, predict, train_fold
 
-
-def load_data(data_cfg, n_splits: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Validated train table and the test table (None when there is none); generates the synthetic set on first use."""
-    path = Path(data_cfg.path)
-    if data_cfg.get("generate") and not path.exists():
-        make_synthetic(path.parent, **data_cfg.generate)
-    cols = dict(id_col=data_cfg.id_col, text_col=data_cfg.text_col)
-    train = load_table(path, target_col=data_cfg.target_col, min_rows=n_splits, **cols)
-    test_path = Path(data_cfg.test_path) if data_cfg.get("test_path") else path.with_name("test.csv")
-    if not test_path.exists():
-        if data_cfg.get("test_path"):
-            raise DataError(f"{test_path}: test file not found (data.test_path)")
-        return train, None
-    return train, load_table(test_path, require_target=False, **cols)
-
-
-def tokenize(tokenizer, texts, max_length: int) -> dict:
-    """Tokenized once per CV run (not per fold), unpadded: batches are padded to their own longest row."""
-    return dict(tokenizer(list(texts), truncation=True, max_length=max_length))
+log = logging.getLogger(__name__)
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -78,6 +71,123 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
                         f"overrides (differing: {', '.join(changed)})")
 
 
+def check_ids(path: Path, ids, expected, what: str) -> None:
+    """Refuse a per-fold file whose ids are not exactly ``expected`` (in order): rows would be misaligned."""
+    ids, expected = list(map(str, ids)), list(map(str, expected))
+    if ids != expected:
+        first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
+        raise DataError(f"{path}: ids differ from {what} (first at row {first + 1}: {len(ids)} rows, "
+                        f"{len(expected)} expected); the data changed since this run started: start a new run")
+
+
+def describe(cfg: DictConfig, run_dir: Path) -> str:
+    """The one-line summary a run starts with (the full config is in ``.hydra/config.yaml``)."""
+    choices = {}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+    except ValueError:  # not under Hydra
+        pass
+    folds = f"folds {list(cfg.cv.folds)} of {cfg.cv.n_splits}" if cfg.cv.folds is not None else f"{cfg.cv.n_splits} folds"
+    return (f"{cfg.name}: {'resuming' if cfg.get('resume') else 'run'} folder {run_dir} | data {cfg.data.path} | "
+            f"model {choices.get('model', cfg.model.backbone)} (max_length {cfg.model.max_length}, "
+            f"{cfg.model.pooling} pooling) | regularizer {choices.get('regularizer', '?')} | "
+            f"task {choices.get('task', '?')}{distill.describe(cfg)} | "
+            f"optimizer {choices.get('optimizer', '?')} lr {cfg.optimizer.lr:g} | {folds} x {cfg.trainer.epochs} "
+            f"epoch(s), batch {cfg.trainer.batch_size}, {cfg.trainer.precision}")
+
+
+@dataclass
+class Prepared:
+    """What every fold of a run shares: the tables, the fold of each row, the tokenized texts."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame | None
+    folds: np.ndarray
+    tokenizer: object
+    enc: dict
+    test_enc: dict | None
+    distill: distill.Distiller | None = None  # distill.teacher's fold models: soft targets, pseudo-labels
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.train["target"].to_numpy()
+
+
+def prepare(cfg: DictConfig, run_dir: Path, main: bool = True) -> Prepared:
+    """Check the data, write ``folds.csv`` and ``run_config.yaml``; on resume, refuse changed data or config."""
+    train, test = load_data(cfg.data, cfg.cv.n_splits)  # bad input fails here, before anything is written
+    check_columns(cfg, train)  # the label columns the task reads (standard_error)
+    if test is None and main:
+        log.info("no test file beside %s (data.test_path): no submission.csv", cfg.data.path)
+    folds = make_folds(train["target"], cfg.cv.n_splits, cfg.cv.seed, cfg.cv.bins)
+    table = pd.DataFrame({"id": train["id"], "fold": folds, "target": train["target"]})
+    distiller = distill.load(cfg, table, train)  # a teacher with other folds is refused here
+    if (run_dir / "folds.csv").exists():
+        kept = pd.read_csv(run_dir / "folds.csv", dtype={"id": str})
+        check_ids(run_dir / "folds.csv", kept["id"], table["id"], f"the train file {cfg.data.path}")
+        if not np.array_equal(kept["fold"].to_numpy(), folds):
+            raise DataError(f"{run_dir / 'folds.csv'}: the folds differ from this config's; start a new run")
+    check_run_config(cfg, run_dir, save=main)  # every process, so none waits for a main process that refused
+    if main:
+        for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:  # left by a killed run
+            stale.unlink()
+        write_csv(table, run_dir / "folds.csv")
+    tokenizer = load_tokenizer(cfg.model)
+    enc = tokenize(tokenizer, train["text"], cfg.model.max_length)
+    test_enc = tokenize(tokenizer, test["text"], cfg.model.max_length) if test is not None else None
+    return Prepared(train, test, folds, tokenizer, enc, test_enc, distiller)
+
+
+def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelerator, group: str) -> dict:
+    """Train fold ``fold`` and write ``fold_<k>/``: model, OOF and test predictions, then ``result.json``."""
+    fdir, targets, workers = fold_dir(run_dir, fold), data.targets, cfg.trainer.num_workers
+    set_seed(cfg.seed + fold)
+    tr, va = np.flatnonzero(data.folds != fold), np.flatnonzero(data.folds == fold)
+    with tracking.wandb_run(cfg, run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}") as wb:
+        task = instantiate(cfg.task)
+        model = build_model(cfg.model, n_outputs=task.n_outputs)
+        task.setup(model)
+        regularizer = instantiate(cfg.regularizer)
+        regularizer.setup(model)
+        train_rows = EncodedRows(data.enc, tr, targets, {c: data.train[c].to_numpy() for c in task.columns})
+        if data.distill is not None:  # soft targets and pseudo-labels, from the teacher's fold-k model only
+            record = fdir / "soft_targets.csv" if accelerator.is_main_process else None
+            train_rows = data.distill.fold_rows(fold, train_rows, record)
+        train_loader = make_loader(train_rows, data.tokenizer, cfg.trainer.batch_size, True, cfg.seed + fold, workers)
+        val_loader = make_loader(EncodedRows(data.enc, va, targets), data.tokenizer, cfg.trainer.eval_batch_size,
+                                 False, num_workers=workers)
+
+        def log_eval(metrics: dict, step: int) -> None:
+            wb.log(metrics, step=step)
+            log.debug("fold %d step %d: %s", fold, step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+        res = train_fold(model, regularizer, train_loader, val_loader, targets[va], cfg, accelerator,
+                         log=log_eval, fold=fold, task=task)
+        model.load_state_dict(res.best_state)
+        result = {"mse": res.best_mse, "rmse": res.best_rmse, "best_step": res.best_step, "steps": res.steps,
+                  "train_time_s": round(res.train_time, 2)}
+        wb.summary.update({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse, "best/step": res.best_step})
+        if data.test is not None:
+            rows = EncodedRows(data.test_enc, np.arange(len(data.test)))
+            loader = accelerator.prepare(make_loader(rows, data.tokenizer, cfg.trainer.eval_batch_size, False,
+                                                     num_workers=workers))
+            test_pred = predict(model, loader, accelerator)
+            accelerator.free_memory()
+        if accelerator.is_main_process:
+            if cfg.trainer.save_models:
+                with atomic_path(fdir / "model.safetensors") as tmp:
+                    save_model(model, str(tmp))
+            write_csv(pd.DataFrame({"id": data.train["id"].iloc[va], "pred": res.val_pred}), fdir / "oof.csv")
+            if data.test is not None:
+                write_csv(pd.DataFrame({"id": data.test["id"], "pred": test_pred}), fdir / "test_pred.csv")
+            write_json(result, fdir / "result.json")  # last: marks the fold finished
+    log.info("fold %d: val RMSE %.4f (MSE %.4f) at step %d of %d, %.0f s", fold, result["rmse"], result["mse"],
+             result["best_step"], result["steps"], result["train_time_s"])
+    return result
+
+
 def cv_metrics(oof: pd.DataFrame, fold_results: dict[int, dict], mean_rmse: float) -> dict:
     mse = float(np.mean((oof["pred"] - oof["target"]) ** 2))
     fold_mse = np.array([r["mse"] for r in fold_results.values()])
@@ -98,96 +208,55 @@ def cv_metrics(oof: pd.DataFrame, fold_results: dict[int, dict], mean_rmse: floa
     }
 
 
-def bag(test_preds: np.ndarray, how: str) -> np.ndarray:
-    """Combine the fold models' predictions (folds x rows) into one."""
-    if how not in ("mean", "median"):
-        raise ValueError(f"cv.bagging must be mean or median, got {how!r}")
-    return np.mean(test_preds, 0) if how == "mean" else np.median(test_preds, 0)
-
-
-def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
-    """Run (or resume) a full CV experiment into ``run_dir``; returns the metrics dict."""
-    job, started = job or {}, time.perf_counter()
-    train, test = load_data(cfg.data, cfg.cv.n_splits)  # bad input fails here, before anything is written
-    accelerator = make_accelerator(cfg.trainer)
-    main = accelerator.is_main_process
-
-    folds = make_folds(train["target"], cfg.cv.n_splits, cfg.cv.seed, cfg.cv.bins)
-    check_run_config(cfg, run_dir, save=main)  # every process, so none waits for a main process that refused
-    if main:
-        for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:  # left by a killed run
-            stale.unlink()
-        write_csv(pd.DataFrame({"id": train["id"], "fold": folds, "target": train["target"]}), run_dir / "folds.csv")
-    tokenizer = load_tokenizer(cfg.model)
-    enc = tokenize(tokenizer, train["text"], cfg.model.max_length)
-    test_enc = tokenize(tokenizer, test["text"], cfg.model.max_length) if test is not None else None
-    targets = train["target"].to_numpy()
-
-    group = tracking.group_name(cfg, job)
-    results, test_preds = {}, {}
-    run_folds = list(cfg.cv.folds) if cfg.cv.folds is not None else list(range(cfg.cv.n_splits))
-    for fold in run_folds:
-        fdir = fold_dir(run_dir, fold)
-        if (fdir / "result.json").exists():  # finished before an interruption: keep it
-            results[fold] = read_json(fdir / "result.json")
-            continue
-        set_seed(cfg.seed + fold)
-        tr, va = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-        with tracking.wandb_run(cfg, run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}") as wb:
-            model = build_model(cfg.model)
-            regularizer = instantiate(cfg.regularizer)
-            regularizer.setup(model)
-            train_loader = make_loader(EncodedRows(enc, tr, targets), tokenizer, cfg.trainer.batch_size, True, cfg.seed + fold)
-            val_loader = make_loader(EncodedRows(enc, va, targets), tokenizer, cfg.trainer.eval_batch_size, False)
-            res = train_fold(
-                model, regularizer, train_loader, val_loader, targets[va], cfg, accelerator,
-                log=lambda metrics, step: wb.log(metrics, step=step), desc=f"fold {fold}",
-            )
-            model.load_state_dict(res.best_state)
-            fold_result = {
-                "mse": res.best_mse, "rmse": res.best_rmse, "best_step": res.best_step,
-                "steps": res.steps, "train_time_s": round(res.train_time, 2),
-            }
-            wb.summary.update({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse, "best/step": res.best_step})
-            if test is not None:
-                loader = accelerator.prepare(make_loader(EncodedRows(test_enc, np.arange(len(test))), tokenizer, cfg.trainer.eval_batch_size, False))
-                test_pred = predict(model, loader, accelerator)
-                accelerator.free_memory()
-            if main:
-                if cfg.trainer.save_models:
-                    with atomic_path(fdir / "model.safetensors") as tmp:
-                        save_model(model, str(tmp))
-                write_csv(pd.DataFrame({"id": train["id"].iloc[va], "pred": res.val_pred}), fdir / "oof.csv")
-                if test is not None:
-                    write_csv(pd.DataFrame({"id": test["id"], "pred": test_pred}), fdir / "test_pred.csv")
-                write_json(fold_result, fdir / "result.json")  # last: marks the fold finished
-            results[fold] = fold_result
-        del model, res
-
-    accelerator.wait_for_everyone()
-    if not main:
-        return {}
+def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]) -> dict:
+    """``oof.csv``, ``submission.csv`` and ``metrics.json`` from the finished ``fold_*`` folders, ids checked."""
+    folds, targets, train = data.folds, data.targets, data.train
     oof = train[["id"]].assign(fold=folds, target=targets, pred=np.nan)
+    results = {}
     for fold in run_folds:
-        fold_oof = pd.read_csv(fold_dir(run_dir, fold) / "oof.csv", dtype={"id": str})
-        oof.loc[folds == fold, "pred"] = fold_oof["pred"].to_numpy()
+        fdir, rows = fold_dir(run_dir, fold), folds == fold
+        fold_oof = pd.read_csv(fdir / "oof.csv", dtype={"id": str})
+        check_ids(fdir / "oof.csv", fold_oof["id"], train["id"][rows], f"fold {fold}'s rows of folds.csv")
+        oof.loc[rows, "pred"] = fold_oof["pred"].to_numpy()
+        results[fold] = read_json(fdir / "result.json")
     oof = oof[oof["fold"].isin(run_folds)].reset_index(drop=True)
     # The floor every model must clear: each fold's rows predicted by the mean of its training rows.
     mean_pred = np.array([targets[(folds != f)].mean() for f in oof["fold"]])
     mean_rmse = float(np.sqrt(np.mean((mean_pred - oof["target"]) ** 2)))
     metrics = cv_metrics(oof, results, mean_rmse)
-    metrics["cv"] |= {"wall_time_s": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes}
     write_csv(oof, run_dir / "oof.csv")
-    if test is not None:
-        preds = np.stack([pd.read_csv(fold_dir(run_dir, f) / "test_pred.csv")["pred"].to_numpy() for f in run_folds])
-        write_csv(pd.DataFrame({"id": test["id"], "target": bag(preds, cfg.cv.bagging)}), run_dir / "submission.csv")
+    if data.test is not None:
+        preds = []
+        for fold in run_folds:
+            path = fold_dir(run_dir, fold) / "test_pred.csv"
+            pred = pd.read_csv(path, dtype={"id": str})
+            check_ids(path, pred["id"], data.test["id"], "the test file")
+            preds.append(pred["pred"].to_numpy())
+        # the user's own column names, as the competition's sample submission has them
+        write_csv(pd.DataFrame({cfg.data.id_col: data.test["id"], cfg.data.target_col: bag(np.stack(preds),
+                                                                                             cfg.cv.bagging)}),
+                  run_dir / "submission.csv")
+    return metrics
+
+
+def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
+    """Run (or resume) a full CV experiment into ``run_dir``; returns the metrics dict (empty off the main process)."""
+    started = time.perf_counter()
+    accelerator = make_accelerator(cfg.trainer)
+    main = accelerator.is_main_process
+    data = prepare(cfg, run_dir, main)
+    group = tracking.group_name(cfg, job or {})
+    run_folds = list(cfg.cv.folds) if cfg.cv.folds is not None else list(range(cfg.cv.n_splits))
+    for fold in run_folds:
+        if (fold_dir(run_dir, fold) / "result.json").exists():  # finished before an interruption: keep it
+            log.info("fold %d: kept from the earlier start", fold)
+            continue
+        fit_fold(cfg, run_dir, fold, data, accelerator, group)
+    accelerator.wait_for_everyone()
+    if not main:
+        return {}
+    metrics = collect(cfg, run_dir, data, run_folds)
+    metrics["cv"] |= {"wall_time_s": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes}
     write_json(metrics, run_dir / "metrics.json")
-
-    with tracking.wandb_run(cfg, run_dir=run_dir, group=group, name=f"{group}-cv", job_type="cv") as wb:
-        wb.summary.update({"cv/mse": metrics["cv"]["mse"], "cv/rmse": metrics["cv"]["rmse"],
-                           "cv/fold_rmse_sd": metrics["cv"]["fold_rmse_sd"]})
-        if cfg.logger.mode != "disabled":
-            import wandb
-
-            wb.log({"oof": wandb.Table(dataframe=oof)})
+    tracking.log_cv(cfg, run_dir, group, metrics, run_dir / "oof.csv")
     return metrics

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import random
 import re
@@ -21,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["DataError", "load_table", "make_synthetic", "readability_features"]
+from .files import write_json
+
+__all__ = ["DataError", "load_data", "load_table", "make_synthetic", "readability_features"]
 
 
 class DataError(ValueError):
@@ -144,6 +147,29 @@ def load_table(
     return out.reset_index(drop=True)
 
 
+def load_data(data_cfg, n_splits: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The ``data`` group's validated train table and its test table (None when there is none).
+
+    The test file is ``data.test_path``, or ``test.csv`` beside the train file. The synthetic set is (re)generated
+    first when ``data.generate`` asks for it.
+    """
+    from .schema import ConfigError
+
+    path = Path(data_cfg.path)
+    if data_cfg.get("generate") and (not path.exists() or (path.parent / "params.json").exists()):
+        make_synthetic(path.parent, **data_cfg.generate)  # never over a file it did not generate: the user's own
+    cols = dict(id_col=data_cfg.id_col, text_col=data_cfg.text_col)
+    train = load_table(path, target_col=data_cfg.target_col, **cols)
+    if len(train) < n_splits:
+        raise ConfigError(f"cv.n_splits={n_splits}: must be <= the {len(train)} rows of {path}")
+    test_path = Path(data_cfg.test_path) if data_cfg.get("test_path") else path.with_name("test.csv")
+    if not test_path.exists():
+        if data_cfg.get("test_path"):
+            raise DataError(f"{test_path}: test file not found (data.test_path)")
+        return train, None
+    return train, load_table(test_path, require_target=False, **cols)
+
+
 # --------------------------------------------------------------------------- synthetic data
 
 # Short, frequent words keep easy passages easy; the RARE lists are long, Latinate
@@ -203,6 +229,8 @@ _RARE = {
     ).split(),
 }
 RARE_WORDS = frozenset(w for words in _RARE.values() for w in words)
+
+SYNTHETIC_VERSION = 1  # bump when the generator changes, so cached files are regenerated
 
 _WORD_RE = re.compile(r"[A-Za-z']+")
 _SENT_RE = re.compile(r"[^.!?]*[A-Za-z][^.!?]*[.!?]*")
@@ -347,15 +375,19 @@ def make_synthetic(
     Each passage gets a latent difficulty d ~ N(0, 1) that drives sentence length and
     rare-word share; the target is then a linear function of the *measured*
     `readability_features` plus noise (a perfect feature model scores RMSE ~0.3),
-    rescaled to train mean -1 / sd 1 (harder = lower, as in CommonLit). Existing files
-    are returned untouched, so repeated runs are cheap and never race on rewrites.
+    rescaled to train mean -1 / sd 1 (harder = lower, as in CommonLit). The parameters are
+    recorded in `params.json` beside the files: files made with the same ones are
+    returned untouched (cheap, no rewrite races); other parameters regenerate them.
     """
     if n_train < 2 or n_test < 0:
         raise ValueError(f"need n_train >= 2 and n_test >= 0, got n_train={n_train}, n_test={n_test}")
     out_dir = Path(out_dir)
-    train_path, test_path = out_dir / "train.csv", out_dir / "test.csv"
-    if train_path.is_file() and test_path.is_file():
-        return train_path, test_path
+    train_path, test_path, params_path = out_dir / "train.csv", out_dir / "test.csv", out_dir / "params.json"
+    params = {"n_train": n_train, "n_test": n_test, "seed": seed, "version": SYNTHETIC_VERSION}
+    if train_path.is_file() and test_path.is_file() and params_path.is_file():
+        with contextlib.suppress(ValueError):
+            if json.loads(params_path.read_text()) == params:
+                return train_path, test_path
     out_dir.mkdir(parents=True, exist_ok=True)
 
     n = n_train + n_test
@@ -379,6 +411,8 @@ def make_synthetic(
         {"id": ids[:n_train], "excerpt": texts[:n_train], "target": target.round(6), "standard_error": se.round(6)}
     )
     test = pd.DataFrame({"id": ids[n_train:], "excerpt": texts[n_train:]})
+    params_path.unlink(missing_ok=True)  # a crash between the writes below leaves files that are regenerated
     _atomic_write_csv(train, train_path)
     _atomic_write_csv(test, test_path)
+    write_json(params, params_path)
     return train_path, test_path

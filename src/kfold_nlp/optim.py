@@ -16,8 +16,9 @@ from torch import nn
 from transformers import get_scheduler
 from transformers.trainer_pt_utils import get_parameter_names
 
-# transformers.Trainer's rule: no decay inside nn.LayerNorm modules or on names like these.
-NO_DECAY_NAMES = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+# transformers.Trainer's rule: no decay inside nn.LayerNorm modules or on names like these. Nor on the multi-task
+# log-variances (``task_weights.log_vars``): decay would pull every task weight towards 1/2.
+NO_DECAY_NAMES = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)", r"log_vars"]
 LAYER_LISTS = ("layer", "layers")  # BERT/RoBERTa/DeBERTa: encoder.layer; many others: layers
 
 

@@ -1,68 +1,127 @@
 """Bagged predictions of a finished run's fold models for any CSV with an id and a text column.
 
-``python -m kfold_nlp.predict <run folder> <input.csv> [--out FILE] [--bagging mean|median]``
+``python -m kfold_nlp.predict <run folder> [input.csv] [--id-col C] [--text-col C] [--out FILE] [--bagging B]``;
+the input defaults to the run's own test file, the columns to the run's ``data`` config.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
-from safetensors.torch import load_model
 
-from .cv import bag, tokenize
 from .data import DataError, load_table
 from .files import write_csv
-from .model import build_model, load_tokenizer
-from .trainer import EncodedRows, make_accelerator, make_loader, predict
+from .paths import offline_for_local
+
+BAGGING = ("mean", "median")
 
 
-def fold_models(run_dir: Path) -> list[Path]:
-    models = sorted(run_dir.glob("fold_*/model.safetensors"))
-    if not models:
+def bag(test_preds: np.ndarray, how: str) -> np.ndarray:
+    """Combine the fold models' predictions (folds x rows) into one."""
+    if how not in BAGGING:
+        raise ValueError(f"cv.bagging must be mean or median, got {how!r}")
+    return np.mean(test_preds, 0) if how == "mean" else np.median(test_preds, 0)
+
+
+def run_config(run_dir: Path):
+    """The config a run folder was started with."""
+    if not run_dir.exists():
+        raise DataError(f"{run_dir}: does not exist")
+    path = run_dir / "run_config.yaml"
+    if not path.exists():
+        raise DataError(f"{run_dir}: not a run folder (no run_config.yaml)")
+    return OmegaConf.load(path)
+
+
+def fold_models(run_dir: Path, cfg) -> list[Path]:
+    """Every fold model the run trained; a missing one is refused rather than silently left out of the bag."""
+    folds = list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(cfg.cv.n_splits))
+    models = [run_dir / f"fold_{k}" / "model.safetensors" for k in folds]
+    found = [m for m in models if m.is_file()]
+    if not found:
         raise DataError(f"{run_dir}: no fold_*/model.safetensors (was it run with trainer.save_models=false?)")
+    missing = [m.parent.name for m in models if not m.is_file()]
+    if missing:
+        raise DataError(f"{run_dir}: no model.safetensors in {', '.join(missing)} (unfinished or deleted); "
+                        f"the bag would silently lose those folds")
     return models
 
 
-def predict_run(run_dir, input_csv, bagging: str | None = None) -> pd.DataFrame:
-    """One row per input row: id and the bagged target; fold models are loaded one at a time."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / ".hydra" / "config.yaml"
-    if not cfg_path.exists():
-        raise DataError(f"{run_dir}: not a run folder (no .hydra/config.yaml)")
-    cfg = OmegaConf.load(cfg_path)
-    models = fold_models(run_dir)
-    table = load_table(input_csv, id_col=cfg.data.id_col, text_col=cfg.data.text_col, require_target=False)
+def test_file(cfg) -> Path | None:
+    """The run's own test file: ``data.test_path``, or ``test.csv`` beside the train file."""
+    path = Path(cfg.data.test_path) if cfg.data.get("test_path") else Path(cfg.data.path).with_name("test.csv")
+    return path if path.is_file() else None
+
+
+def predict_texts(cfg, models: list[Path], texts, batch_size: int | None = None) -> np.ndarray:
+    """Each fold model's predictions of ``texts`` (models x rows); one model in memory at a time."""
+    import torch
+    from safetensors.torch import load_model
+
+    offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
+    from .model import build_model, load_tokenizer, tokenize
+    from .tasks import n_outputs
+    from .trainer import EncodedRows, make_accelerator, make_loader, predict
+
     tokenizer = load_tokenizer(cfg.model)
     accelerator = make_accelerator(cfg.trainer)
-    rows = EncodedRows(tokenize(tokenizer, table["text"], cfg.model.max_length), np.arange(len(table)))
-    loader = accelerator.prepare(make_loader(rows, tokenizer, cfg.trainer.eval_batch_size, train=False))
+    rows = EncodedRows(tokenize(tokenizer, texts, cfg.model.max_length), np.arange(len(texts)))
+    loader = accelerator.prepare(make_loader(rows, tokenizer, batch_size or cfg.trainer.eval_batch_size, train=False))
     preds = []
     for path in models:
-        model = build_model(cfg.model, pretrained=False)
+        model = build_model(cfg.model, pretrained=False, n_outputs=n_outputs(cfg))  # the task's head width
         load_model(model, str(path))
-        preds.append(predict(accelerator.prepare(model), loader, accelerator))
-    return pd.DataFrame({"id": table["id"], "target": bag(np.stack(preds), bagging or cfg.cv.bagging)})
+        # Not accelerator.prepare: it would keep a reference to every fold model until the accelerator goes.
+        preds.append(predict(model.to(accelerator.device), loader, accelerator))
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return np.stack(preds)
+
+
+def predict_run(run_dir, input_csv=None, bagging: str | None = None, id_col: str | None = None,
+                text_col: str | None = None) -> pd.DataFrame:
+    """One row per input row: the id and the bagged target, under the run's own id and target column names."""
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    models = fold_models(run_dir, cfg)
+    if input_csv is None:
+        input_csv = test_file(cfg)
+        if input_csv is None:
+            expected = cfg.data.get("test_path") or f"test.csv beside {cfg.data.path}"
+            raise DataError(f"{run_dir}: the run has no test file ({expected}); give an input CSV")
+    table = load_table(input_csv, id_col=id_col or cfg.data.id_col, text_col=text_col or cfg.data.text_col,
+                       require_target=False)
+    preds = predict_texts(cfg, models, table["text"])
+    return pd.DataFrame({id_col or cfg.data.id_col: table["id"],
+                         cfg.data.target_col: bag(preds, bagging or cfg.cv.bagging)})
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("input", type=Path)
+    parser.add_argument("run_dir", type=Path, help="a finished run folder, e.g. outputs/baseline/latest")
+    parser.add_argument("input", type=Path, nargs="?", help="CSV to predict (default: the run's test file)")
+    parser.add_argument("--id-col", help="id column of the input (default: the run's data.id_col)")
+    parser.add_argument("--text-col", help="text column of the input (default: the run's data.text_col)")
     parser.add_argument("--out", type=Path, help="default: <run folder>/predictions/<input name>.csv")
-    parser.add_argument("--bagging", choices=["mean", "median"])
+    parser.add_argument("--bagging", choices=BAGGING)
     args = parser.parse_args(argv)
     try:
-        result = predict_run(args.run_dir, args.input, args.bagging)
+        result = predict_run(args.run_dir, args.input, args.bagging, args.id_col, args.text_col)
+        n_models = len(fold_models(args.run_dir, run_config(args.run_dir)))
+        source = args.input or test_file(run_config(args.run_dir))
     except DataError as err:
         sys.exit(f"error: {err}")
-    out = args.out or args.run_dir / "predictions" / args.input.name
+    out = args.out or args.run_dir / "predictions" / source.name
     write_csv(result, out)
-    print(f"Wrote {len(result)} bagged predictions from {len(fold_models(args.run_dir))} fold models to {out}")
+    print(f"Wrote {len(result)} bagged predictions from {n_models} fold models to {out}")
 
 
 if __name__ == "__main__":

@@ -16,27 +16,97 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from .ensemble import members_table
 from .summary import collect
 
-ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOK = ROOT / "notebooks" / "oof_analysis.ipynb"
+from .paths import NOTEBOOK
+
+ROOT = Path.cwd()  # relative run and data paths are read from where the command runs (the repository's root)
+
+
+def is_ensemble(folder) -> bool:
+    """A folder written by ``kfold_nlp.ensemble`` (weights.json beside metrics.json), not a run folder."""
+    return (Path(folder) / "weights.json").exists() and (Path(folder) / "metrics.json").exists()
+
+
+def _resolve(p, root) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def _folders(paths, root) -> list[Path]:
+    """Folders given as a list or as one string ("a b", "a,b"), relative ones below ``root``."""
+    if isinstance(paths, str):
+        paths = paths.replace(",", " ").split()
+    return [_resolve(p, root) for p in paths]
+
+
+def ensemble_member_paths(folder, root=ROOT) -> list[Path]:
+    """The run folders an ensemble blended (its recorded absolute paths, else its run names below ``root``)."""
+    members = json.loads((Path(folder) / "metrics.json").read_text())["members"]
+    return [Path(m["path"]) if Path(m["path"]).exists() else _resolve(name, root) for name, m in members.items()]
 
 
 def find_runs(paths, root=ROOT) -> list[Path]:
-    """Run folders (with metrics.json) given as run folders or folders of runs (a sweep), in job order."""
-    if isinstance(paths, str):
-        paths = paths.replace(",", " ").split()
+    """Run folders (with metrics.json) given as run folders, folders of runs (a sweep) or ensemble folders (their
+    members), in job order, each once."""
     runs = []
-    for p in map(Path, paths):
-        p = p if p.is_absolute() else Path(root) / p
+    for p in _folders(paths, root):
+        if is_ensemble(p):
+            runs += ensemble_member_paths(p, root)
+            continue
         if (p / "metrics.json").exists():
             runs.append(p)
             continue
         found = [m.parent for m in p.glob("**/metrics.json")]
         if not found:
             raise FileNotFoundError(f"{p}: no run folder (metrics.json) in it")
-        runs += sorted(found, key=lambda r: (len(r.parts), int(r.name) if r.name.isdigit() else 0, str(r)))
-    return runs
+        found = sorted(found, key=lambda r: (len(r.parts), int(r.name) if r.name.isdigit() else 0, str(r)))
+        runs += [m for r in found for m in (ensemble_member_paths(r, root) if is_ensemble(r) else [r])]
+    return list(dict.fromkeys(runs))
+
+
+def find_ensembles(paths, root=ROOT) -> list[Path]:
+    """The ensemble folders among ``paths`` and below them."""
+    found = []
+    for p in _folders(paths, root):
+        found += [p] if is_ensemble(p) else sorted(w.parent for w in p.glob("**/weights.json")
+                                                   if is_ensemble(w.parent))
+    return list(dict.fromkeys(found))
+
+
+def _member_label(m: dict, name: str, labels: dict | None) -> str:
+    by_path = {Path(k).resolve(): v for k, v in (labels or {}).items()}
+    return by_path.get(Path(m["members"][name]["path"]).resolve(), name)
+
+
+def ensemble_scores(folder, labels: dict | None = None) -> pd.Series:
+    """What an ensemble folder's numbers mean, one line each (see ``kfold_nlp.ensemble``); ``labels``: path -> the
+    name shown elsewhere in the notebook."""
+    m = json.loads((Path(folder) / "metrics.json").read_text())
+    c = m["cv"]
+    return pd.Series({
+        "method": m["method"],
+        "CV RMSE, nested (weights never fitted on the rows they score)": f"{c['rmse']:.4f}",
+        "CV RMSE, in-sample (weights fitted on all rows)": f"{c['rmse_in_sample']:.4f}",
+        "optimism of the in-sample score (nested - in-sample)": f"{c['rmse'] - c['rmse_in_sample']:+.4f}",
+        f"best member ({_member_label(m, c['best_member'], labels)}) CV RMSE": f"{c['best_member_rmse']:.4f}",
+        "gain over the best member (nested blend - best)": f"{c['gain_vs_best_member']:+.4f}",
+        f"gain {c['level']:.0%} interval (paired bootstrap over rows)":
+            f"[{c['gain_lo']:+.4f}, {c['gain_hi']:+.4f}]" + (" *" if c["gain_excludes_zero"] else ""),
+    }, name=Path(folder).name)
+
+
+def ensemble_members(folder, labels: dict | None = None) -> pd.DataFrame:
+    """One row per member: weight (fitted on all rows), its CV RMSE, the blend's gain over it with the interval
+    (``*``: excludes 0), and the weights fitted without each fold (how stable they are). ``labels``: path -> the
+    name shown elsewhere in the notebook."""
+    m = json.loads((Path(folder) / "metrics.json").read_text())
+    table = members_table(m)
+    for k, fold in sorted(m["folds"].items(), key=lambda kv: int(kv[0])):
+        table[f"weight w/o fold {k}"] = pd.Series(fold["weights"])
+    table.index = [_member_label(m, n, labels) for n in m["members"]]
+    return table.rename_axis("member")
 
 
 def load_runs(runs: list[Path]) -> pd.DataFrame:

@@ -3,6 +3,9 @@
 ``python -m kfold_nlp.summary compare <folder of runs>`` writes ``table.md`` and ``table.csv`` into that folder;
 ``python -m kfold_nlp.summary sweep <sweep folder>`` writes ``sweep.md`` and ``sweep.csv`` (the Hydra callback
 ``kfold_nlp.callbacks.SweepSummary`` does it during every sweep).
+
+Every difference between runs carries the 95% paired bootstrap interval of ``kfold_nlp.stats`` (rows resampled
+within folds), computed from the runs' ``oof.csv``; runs on other folds get no interval.
 """
 
 from __future__ import annotations
@@ -12,13 +15,25 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from . import stats
 from .files import atomic_path, write_csv
+from .paths import resource
 
-ORDER = ["baseline", "msd", "mixout", "rdrop", "no_dropout"]
 SCORES = ["cv_mse", "cv_rmse", "fold_rmse_mean", "fold_rmse_sd", "fold_mse_mean", "fold_mse_sd", "wall_time_s"]
+REFERENCE = "baseline"  # the run every other is compared against, when there is one
+MARK = "*"  # a difference whose interval excludes 0
+INTERVAL_NOTE = (f"95% interval: paired bootstrap over the OOF rows, stratified by fold, {stats.N_BOOT} resamples; "
+                 f"{MARK}: the interval excludes 0. Blank: no OOF file, or other folds.\n")
+
+
+def regularizer_order() -> list[str]:
+    """Column order of the comparison: baseline first, then every ``conf/regularizer/*.yaml`` by name."""
+    names = sorted(p.stem for p in (resource("conf") / "regularizer").glob("*.yaml"))
+    return [REFERENCE] + [n for n in names if n != REFERENCE]
 
 
 def _key(override: str) -> str:
@@ -38,14 +53,15 @@ def collect(root) -> pd.DataFrame:
     """One row per run folder below ``root`` (a sweep folder or any folder of runs); failed runs have NaN scores.
 
     ``status``: ok (metrics.json), failed (the sweep callback recorded an exception, see ``error``) or unfinished.
-    ``config``: the overrides without ``seed``, so runs that differ only in their seed share it.
+    ``config``: the overrides without ``seed``, so runs that differ only in their seed share it. ``path``: the folder.
     """
     rows = []
     for hydra_dir in sorted(Path(root).glob("**/.hydra"), key=lambda p: str(p)):
         run = hydra_dir.parent
         cfg = OmegaConf.load(hydra_dir / "config.yaml")
         overrides = OmegaConf.load(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").exists() else []
-        row = {"run": str(run.relative_to(root)) if run != Path(root) else ".", "name": run_name(hydra_dir, cfg),
+        row = {"run": str(run.relative_to(root)) if run != Path(root) else ".", "path": run,
+               "name": run_name(hydra_dir, cfg),
                "regularizer": str(cfg.regularizer.get("_target_", "")).rsplit(".", 1)[-1],
                "overrides": " ".join(overrides), "config": " ".join(o for o in overrides if _key(o) != "seed"),
                "seed": cfg.get("seed"), "status": "unfinished"}
@@ -63,22 +79,71 @@ def collect(root) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _aligned(paths: dict, first) -> tuple[pd.DataFrame | None, dict]:
+    """The OOF rows of run ``first`` and the predictions, in that row order, of every run on the same rows and folds
+    (runs without ``oof.csv`` or on other folds are left out)."""
+    frames = {k: stats.read_oof(p) for k, p in paths.items() if p is not None and (Path(p) / "oof.csv").exists()}
+    if first not in frames:
+        return None, {}
+    preds = {}
+    for k, frame in frames.items():
+        try:
+            rows, pred = stats.align_oof([frames[first], frame])
+        except stats.FoldMismatch:
+            continue
+        preds[k] = pred[:, 1]
+    return rows, preds
+
+
+def intervals(paths: dict, ref) -> dict:
+    """``{key: stats.Interval}``: each run's OOF RMSE minus run ``ref``'s, with its paired bootstrap interval."""
+    rows, preds = _aligned(paths, ref)
+    if rows is None:
+        return {}
+    base = preds.pop(ref)
+    return stats.compare_columns(rows["target"], rows["fold"], base, preds | {ref: base})
+
+
 def compare_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The blog layout: one column per experiment, rows validation MSE, diff from baseline, fold spread, time."""
+    """The blog layout: one column per experiment; rows: validation MSE and its diff, validation RMSE and its diff
+    with the 95% paired bootstrap interval, fold spread, time. Differences are against ``baseline`` when there is
+    one, else against the first column (``table.attrs["reference"]``)."""
     runs = runs[runs["status"] == "ok"].drop_duplicates("name", keep="last").set_index("name")
-    names = [n for n in ORDER if n in runs.index] + [n for n in runs.index if n not in ORDER]
-    runs = runs.loc[names]
-    base = runs["cv_mse"].get("baseline")
+    order = regularizer_order()
+    runs = runs.loc[[n for n in order if n in runs.index] + [n for n in runs.index if n not in order]]
+    ref = runs.index[0] if len(runs) else None
+    found = intervals(runs["path"].to_dict(), ref) if "path" in runs and ref is not None else {}
+    ci = pd.DataFrame({k: {"lo": v.lo, "hi": v.hi, "sig": v.excludes_zero} for k, v in found.items()},
+                      index=["lo", "hi", "sig"]).T.reindex(runs.index)
     table = pd.DataFrame({
         "validation MSE": runs["cv_mse"],
-        "diff": runs["cv_mse"] - base if base is not None else float("nan"),
+        "diff": runs["cv_mse"] - runs["cv_mse"].get(ref, float("nan")),
         "validation RMSE": runs["cv_rmse"],
+        "RMSE diff": runs["cv_rmse"] - runs["cv_rmse"].get(ref, float("nan")),
+        "RMSE diff 95% low": ci["lo"].astype(float),
+        "RMSE diff 95% high": ci["hi"].astype(float),
+        "interval excludes 0": ci["sig"],
         "fold MSE mean": runs["fold_mse_mean"],
         "fold MSE sd": runs["fold_mse_sd"],
         "train time (s)": runs["train_time_s"],
     }).T
     table.columns.name = None
+    table.attrs["reference"] = ref
     return table
+
+
+def format_compare(table: pd.DataFrame) -> pd.DataFrame:
+    """``compare_table`` as text: 4 decimals, ``*`` after an RMSE diff whose interval excludes 0, blanks for NaN."""
+    def cell(v):
+        if isinstance(v, (bool, np.bool_)):
+            return "yes" if v else "no"
+        return "" if pd.isna(v) else f"{v:.4f}"
+
+    out = table.map(cell)
+    sig = table.loc["interval excludes 0"].map(lambda v: v is True or v is np.True_)
+    for col in sig[sig].index:
+        out.loc["RMSE diff", col] += f" {MARK}"
+    return out
 
 
 def write_compare(root) -> pd.DataFrame:
@@ -86,37 +151,112 @@ def write_compare(root) -> pd.DataFrame:
     table = compare_table(collect(root))
     write_csv(table.reset_index(names="metric"), root / "table.csv")
     with atomic_path(root / "table.md") as tmp:
-        tmp.write_text(table.to_markdown(floatfmt=".4f") + "\n")
+        tmp.write_text(format_compare(table).to_markdown(stralign="right") + "\n\n" + _legend(table.attrs["reference"]))
     return table
 
 
+def _legend(ref) -> str:
+    return f"Differences are against `{ref}` (negative: better). {INTERVAL_NOTE}"
+
+
+def reference_config(ok: pd.DataFrame) -> str:
+    """The configuration the others are compared against: the best (lowest mean CV RMSE over its seeds) of those
+    named ``baseline``, else the best of all."""
+    means = ok.groupby("config")["cv_rmse"].mean()
+    named = set(ok.loc[ok["name"] == REFERENCE, "config"]) if "name" in ok else set()
+    return (means[means.index.isin(named)] if named else means).idxmin()
+
+
+def _vs_reference(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per finished job: ``ref``, the job it is compared against (the reference configuration's job with the same
+    seed, else its best job), ``diff_vs_ref`` in CV RMSE, its 95% paired bootstrap interval and ``sig``."""
+    cols = ["ref", "diff_vs_ref", "ci_lo", "ci_hi", "sig"]
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame(index=runs.index, columns=cols)
+    ref_jobs = ok[ok["config"] == reference_config(ok)].sort_values("cv_rmse")
+    firsts = ref_jobs.dropna(subset=["seed"]).drop_duplicates("seed")
+    by_seed = dict(zip(firsts["seed"], firsts.index))
+    ref_of = ok["seed"].map(lambda seed: by_seed.get(seed, ref_jobs.index[0]))
+    rows = {}
+    for ref, members in ref_of.groupby(ref_of):
+        found = intervals(ok.loc[[ref, *members.index], "path"].to_dict(), ref)
+        for i in members.index:
+            iv = found.get(i, stats.Interval(np.nan, np.nan, np.nan))
+            rows[i] = {"ref": ok.at[ref, "run"], "diff_vs_ref": ok.at[i, "cv_rmse"] - ok.at[ref, "cv_rmse"],
+                       "ci_lo": iv.lo, "ci_hi": iv.hi, "sig": MARK if iv.excludes_zero else ""}
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(index=runs.index, columns=cols)
+
+
 def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per job, best CV RMSE first (failed and unfinished jobs last); ``swept``: the overrides that vary."""
-    runs = runs.reindex(columns=["run", "overrides", "config", "status", *SCORES, "error"])
+    """One row per job, best CV RMSE first (failed and unfinished jobs last); ``swept``: the overrides that vary;
+    ``diff_vs_ref`` with its interval (``ci_lo``, ``ci_hi``; ``sig``: it excludes 0) against job ``ref``."""
+    vs = _vs_reference(runs) if {"path", "seed"} <= set(runs) else pd.DataFrame(index=runs.index)
+    runs = runs.join(vs).reindex(columns=["run", "overrides", "config", "status", *SCORES, *vs, "error"])
     tokens = [set(o.split()) for o in runs["overrides"]]
     common = set.intersection(*tokens) if len(tokens) > 1 else set()
     swept = [" ".join(t for t in o.split() if t not in common) for o in runs["overrides"]]
     runs = runs.assign(job=runs["run"], swept=swept, _num=pd.to_numeric(runs["run"], errors="coerce"))
     runs = runs.sort_values(["cv_rmse", "_num", "run"], na_position="last", kind="stable")
-    return runs[["job", "swept", "status", *SCORES, "overrides", "config", "error"]].reset_index(drop=True)
+    return runs[["job", "swept", "status", *SCORES, *vs, "overrides", "config", "error"]].reset_index(drop=True)
 
 
-def seed_table(jobs: pd.DataFrame) -> pd.DataFrame | None:
-    """Mean and sd of the CV RMSE over seeds per configuration (jobs whose overrides differ only in ``seed``).
+def _seeds(group: pd.DataFrame):
+    """seed -> CV RMSE when every run of the configuration has its own seed (so seeds can pair), else the list."""
+    seeds = group["seed"] if "seed" in group else pd.Series([None] * len(group), index=group.index)
+    if seeds.notna().all() and seeds.is_unique:
+        return dict(zip(seeds, group["cv_rmse"]))
+    return group["cv_rmse"].tolist()
 
-    ``diff_se`` is the standard error of the difference from the best configuration: a gap within about two of them
-    is seed noise. None when no configuration ran with more than one seed.
+
+def _row_samples(ok: pd.DataFrame, ref: str) -> dict | None:
+    """Each run's CV RMSE under the shared row resamples, ``{index: samples}``; None without every OOF file on the
+    reference's rows and folds."""
+    if "path" not in ok:
+        return None
+    first = ok.index[ok["config"] == ref][0]
+    rows, preds = _aligned(ok["path"].to_dict(), first)
+    if len(preds) < len(ok):
+        return None
+    keys = list(preds)
+    samples = stats.resampled_rmse(rows["target"], np.column_stack([preds[k] for k in keys]),
+                                   stats.resample_counts(rows["fold"]))
+    return {k: samples[:, j] for j, k in enumerate(keys)}
+
+
+def seed_table(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Mean and sd of the CV RMSE over seeds per configuration (runs whose overrides differ only in ``seed``), and
+    the difference of each configuration's mean from the reference configuration's (``reference_config``).
+
+    ``diff_se`` combines both sources of noise (``stats.seed_diff``): the training noise over seeds, *paired* when
+    both configurations ran the same seeds (the per-seed differences give the spread) and unpaired otherwise
+    (``pairing``), plus the row noise from a paired bootstrap over the OOF rows when every run's ``oof.csv`` is on
+    the same folds (``noise``: ``seeds+rows``, else ``seeds``). ``ci_lo``, ``ci_hi``: the 95% t interval; ``sig``:
+    it excludes 0. None when no configuration ran with more than one seed.
     """
-    ok = jobs[jobs["status"] == "ok"]
+    ok = runs[runs["status"] == "ok"]
     if ok.empty or ok.groupby("config").size().max() < 2:
         return None
     common = set.intersection(*[set(c.split()) for c in ok["config"]])
     table = ok.groupby("config")["cv_rmse"].agg(n_seeds="count", rmse_mean="mean", rmse_sd="std", rmse_min="min",
                                                   rmse_max="max").sort_values("rmse_mean")
-    best = table.iloc[0]
-    table["diff_vs_best"] = table["rmse_mean"] - best["rmse_mean"]
-    table["diff_se"] = (table["rmse_sd"] ** 2 / table["n_seeds"] + best["rmse_sd"] ** 2 / best["n_seeds"]) ** 0.5
-    table.iloc[0, table.columns.get_loc("diff_se")] = float("nan")  # the best against itself
+    ref = reference_config(ok)
+    samples = _row_samples(ok, ref)
+    groups = {c: g for c, g in ok.groupby("config")}
+    diffs = {ref: {"diff": 0.0, "pairing": "reference"}}
+    for config, group in groups.items():
+        if config == ref:
+            continue
+        row_samples = None
+        if samples is not None:
+            row_samples = (np.mean([samples[i] for i in group.index], axis=0)
+                           - np.mean([samples[i] for i in groups[ref].index], axis=0))
+        d = stats.seed_diff(_seeds(groups[ref]), _seeds(group), row_samples=row_samples)
+        diffs[config] = {"diff": d.diff, "diff_se": d.se, "ci_lo": d.lo, "ci_hi": d.hi,
+                         "sig": MARK if d.excludes_zero else "", "pairing": d.pairing,
+                         "noise": "seeds+rows" if samples is not None else "seeds"}
+    cols = ["diff", "diff_se", "ci_lo", "ci_hi", "sig", "pairing", "noise"]
+    table = table.join(pd.DataFrame.from_dict(diffs, orient="index").reindex(columns=cols))
     table.index = [" ".join(t for t in c.split() if t not in common) or c for c in table.index]
     return table.rename_axis("configuration").reset_index()
 
@@ -136,15 +276,21 @@ def write_sweep(root) -> pd.DataFrame:
         return runs
     jobs = sweep_table(runs)
     write_csv(jobs, root / "sweep.csv")
-    seeds = seed_table(jobs)
+    seeds = seed_table(runs)
     md = f"# Sweep {root.name}: {len(jobs)} jobs, best CV RMSE first\n\n"
     md += _markdown(jobs.drop(columns=["overrides", "config", "error"]))
+    if "ref" in jobs and jobs["ref"].notna().any():
+        md += f"\n`diff_vs_ref`: CV RMSE minus that of job `ref`. {INTERVAL_NOTE}"
     failed = jobs[jobs["status"] == "failed"]
     if len(failed):
         md += "\n## Failed jobs\n\n" + _markdown(failed[["job", "swept", "error"]])
     if seeds is not None:
         write_csv(seeds, root / "sweep_seeds.csv")
-        md += "\n## Over seeds (mean and sd of the CV RMSE per configuration)\n\n" + _markdown(seeds)
+        ref = seeds.loc[seeds["pairing"] == "reference", "configuration"].iloc[0]
+        md += ("\n## Over seeds (mean and sd of the CV RMSE per configuration)\n\n" + _markdown(seeds)
+               + f"\n`diff`: mean CV RMSE minus that of `{ref}`; `diff_se` adds the seed noise (paired on the per-seed "
+               f"differences when the seeds match) and the row noise (paired bootstrap over the OOF rows); `ci_lo`, "
+               f"`ci_hi`: the 95% t interval; {MARK}: it excludes 0.\n")
     with atomic_path(root / "sweep.md") as tmp:
         tmp.write_text(md)
     return jobs
@@ -160,7 +306,7 @@ def main(argv=None) -> None:
         print((args.folder / "sweep.md").read_text())
         return
     table = write_compare(args.folder)
-    print(table.to_markdown(floatfmt=".4f"))
+    print(format_compare(table).to_markdown(stralign="right"))
     print(f"Wrote {args.folder / 'table.md'} and table.csv")
 
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils.data import DataLoader, Dataset
@@ -18,15 +17,23 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from .model import target_column
 from .optim import build_optimizer, build_scheduler, weight_penalty
 from .regularizers.base import model_inputs
+from .tasks import Task
 
 
 class EncodedRows(Dataset):
-    """Rows of a once-tokenized table, picked by position; ``index`` is the position within this subset."""
+    """Rows of a once-tokenized table, picked by position; ``index`` is the position within this subset.
 
-    def __init__(self, encodings: dict, rows: np.ndarray, targets: np.ndarray | None = None):
+    ``targets`` and each array of ``columns`` (other per-row labels a task reads, e.g. ``standard_error``) are
+    indexed like ``encodings``, by position in the table.
+    """
+
+    def __init__(self, encodings: dict, rows: np.ndarray, targets: np.ndarray | None = None,
+                 columns: dict[str, np.ndarray] | None = None):
         self.encodings, self.rows, self.targets = encodings, np.asarray(rows), targets
+        self.columns = dict(columns or {})
 
     def __len__(self):
         return len(self.rows)
@@ -37,6 +44,8 @@ class EncodedRows(Dataset):
         item["index"] = i
         if self.targets is not None:
             item["target"] = float(self.targets[row])
+        for key, values in self.columns.items():
+            item[key] = float(values[row])
         return item
 
     @property
@@ -74,12 +83,12 @@ def make_accelerator(trainer_cfg) -> Accelerator:
 
 @torch.no_grad()
 def predict(model, loader, accelerator: Accelerator) -> np.ndarray:
-    """Predictions in the dataset's row order (the loader may be length-sorted and sharded)."""
+    """Target predictions in the dataset's row order (the loader may be length-sorted and sharded)."""
     model.eval()
     preds, index = [], []
     for batch in loader:
         with accelerator.autocast():
-            out = model(**model_inputs(batch))
+            out = target_column(model(**model_inputs(batch)), model)
         out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
         preds.append(out.cpu().numpy())
         index.append(idx.cpu().numpy())
@@ -110,9 +119,19 @@ def micro_batch_groups(loader, k: int):
         yield group
 
 
-def optimizer_step(model, regularizer, group: list[dict], optimizer, accelerator: Accelerator, loss_fn,
-                   max_grad_norm: float | None = None, penalty=None) -> float:
-    """One optimizer step over a group of micro-batches; returns the group's mean training loss (penalty excluded).
+class Diverged(RuntimeError):
+    """A non-finite training loss or validation MSE: the fold stops at once and writes nothing that looks done."""
+
+    def __init__(self, fold, step: int, what: str, value: float):
+        super().__init__(f"fold {fold} diverged at step {step} ({what} {value}); lower optimizer.lr or use "
+                         f"trainer.precision=fp32")
+
+
+def optimizer_step(model, regularizer, group: list[dict], optimizer, accelerator: Accelerator, task: Task,
+                   max_grad_norm: float | None = None, penalty=None) -> dict[str, float]:
+    """One optimizer step over a group of micro-batches; returns the group's mean ``loss`` (what was minimised,
+    penalty excluded), ``task_loss`` (the plain MSE of the training-mode target predictions, comparable across
+    regularizers and tasks), the regularizer's own terms and the task's (``task.terms``).
 
     Each micro-batch's mean loss is weighted by its share of the group's rows (over all processes, DDP averaging
     undone), so the accumulated gradient is exactly that of one batch of all the rows, a short last group included.
@@ -124,23 +143,32 @@ def optimizer_step(model, regularizer, group: list[dict], optimizer, accelerator
     total = accelerator.reduce(torch.tensor(rows, device=accelerator.device), reduction="sum").item()
     # accelerator.backward divides by its gradient_accumulation_steps (1 here, but a process-wide setting): undo it.
     scale = accelerator.num_processes * accelerator.gradient_accumulation_steps / total
-    mean_loss = 0.0
+    means: dict[str, float] = {}
     for i, (batch, size) in enumerate(zip(group, sizes)):
         with accelerator.no_sync(model) if i < len(group) - 1 else nullcontext():
-            loss = regularizer.loss(model, batch, loss_fn)
-            objective = loss + penalty() if penalty is not None else loss
+            parts = regularizer.loss(model, batch, task.loss)
+            objective = parts.loss + penalty() if penalty is not None else parts.loss
             accelerator.backward(objective * (size * scale))
-        mean_loss += loss.detach().float().item() * size / rows
+        task_mse = (target_column(parts.pred.detach(), model) - batch["target"]).pow(2).mean()
+        terms = parts.terms | task.terms(parts.pred, batch)
+        values = torch.stack([parts.loss.detach(), task_mse, *(t.detach() for t in terms.values())]).float().tolist()
+        for key, value in zip(["loss", "task_loss", *terms], values):  # one host sync per micro-batch
+            means[key] = means.get(key, 0.0) + value * size / rows
     if max_grad_norm:
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     optimizer.zero_grad()
-    return mean_loss
+    return means
 
 
 def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, accelerator,
-               log=lambda metrics, step: None, desc=""):
-    """Train one fold and keep the weights of the best validation MSE (in memory; the caller saves them)."""
+               log=lambda metrics, step: None, fold=0, task: Task | None = None):
+    """Train one fold and keep the weights of the best validation MSE (in memory; the caller saves them).
+
+    ``task`` (set up on ``model``) gives the loss; default: MSE on the target.
+
+    Raises ``Diverged`` at the first non-finite training loss or validation MSE.
+    """
     tcfg = cfg.trainer
     optimizer = build_optimizer(cfg.optimizer, model)
     penalty = weight_penalty(model, tcfg.get("penalty"), tcfg.get("penalty_weight", 0.0))
@@ -150,43 +178,49 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
     result, bad_evals, start = FoldResult(), 0, time.perf_counter()
     val_target = np.asarray(val_target, dtype=float)
 
-    def evaluate(step: int, train_loss: float) -> bool:
+    def evaluate(step: int, train: dict[str, float]) -> bool:
         """Returns True when early stopping says stop."""
         nonlocal bad_evals
         pred = predict(model, val_loader, accelerator)
         mse = float(np.mean((pred - val_target) ** 2))
+        if not math.isfinite(mse):
+            raise Diverged(fold, step, "validation MSE", mse)
         model.train()
-        log({"train/loss": train_loss, "val/mse": mse, "val/rmse": math.sqrt(mse), "train/lr": scheduler.get_last_lr()[0]}, step)
+        log({**{f"train/{k}": v for k, v in train.items()}, "val/mse": mse, "val/rmse": math.sqrt(mse),
+             "train/lr": scheduler.get_last_lr()[0]}, step)
         result.history.append({"step": step, "val_mse": mse})
         if mse < result.best_mse:
             result.best_mse, result.best_step, result.val_pred, bad_evals = mse, step, pred, 0
             result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
         else:
             bad_evals += 1
-        bar.set_postfix(loss=f"{train_loss:.4f}", val_rmse=f"{math.sqrt(mse):.4f}", best=f"{result.best_rmse:.4f}")
+        bar.set_postfix(loss=f"{train['loss']:.4f}", val_rmse=f"{math.sqrt(mse):.4f}", best=f"{result.best_rmse:.4f}")
         return tcfg.patience is not None and bad_evals >= tcfg.patience
 
-    loss_fn = F.mse_loss
-    bar = tqdm(total=steps_per_epoch * tcfg.epochs, desc=desc, disable=not accelerator.is_local_main_process,
-               dynamic_ncols=True)
+    task = task or Task()
     step, stop, running = 0, False, []
     model.train()
-    for epoch in range(tcfg.epochs):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        for group in micro_batch_groups(train_loader, tcfg.grad_accum):
-            running.append(optimizer_step(model, regularizer, group, optimizer, accelerator, loss_fn,
-                                          tcfg.max_grad_norm, penalty))
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if step % steps_per_epoch == 0 or (tcfg.eval_every and step % tcfg.eval_every == 0):
-                stop, running = evaluate(step, float(np.mean(running))), []
-                if stop:
-                    break
-        if stop:
-            break
-    bar.close()
+    with tqdm(total=steps_per_epoch * tcfg.epochs, desc=f"fold {fold}", dynamic_ncols=True,
+              disable=not accelerator.is_local_main_process) as bar:
+        for epoch in range(tcfg.epochs):
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            for group in micro_batch_groups(train_loader, tcfg.grad_accum):
+                losses = optimizer_step(model, regularizer, group, optimizer, accelerator, task,
+                                        tcfg.max_grad_norm, penalty)
+                step += 1
+                if not math.isfinite(losses["loss"]):
+                    raise Diverged(fold, step, "loss", losses["loss"])
+                running.append(losses)
+                scheduler.step()
+                bar.update(1)
+                if step % steps_per_epoch == 0 or (tcfg.eval_every and step % tcfg.eval_every == 0):
+                    means = {k: float(np.mean([r[k] for r in running])) for k in running[0]}
+                    stop, running = evaluate(step, means), []
+                    if stop:
+                        break
+            if stop:
+                break
     result.steps, result.train_time = step, time.perf_counter() - start
     accelerator.free_memory()
     return result

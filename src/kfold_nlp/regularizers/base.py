@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-NON_INPUT_KEYS = ("target", "index")
+# The task's loss (``tasks.Task.loss``): (predictions, batch) -> scalar. It takes the batch, not only the target,
+# because some tasks read other label columns (standard_error); Mixup passes a batch with mixed labels.
+LossFn = Callable[[torch.Tensor, dict], torch.Tensor]
+LABEL_KEYS = ("target", "standard_error")  # per-row labels a batch may carry (standard_error when the task needs it)
+NON_INPUT_KEYS = (*LABEL_KEYS, "index")
 
 
 def model_inputs(batch: dict) -> dict:
-    """The part of a collated batch that the model takes (drops target and row index)."""
+    """The part of a collated batch that the model takes (drops the labels and the row index)."""
     return {k: v for k, v in batch.items() if k not in NON_INPUT_KEYS}
 
 
@@ -26,14 +30,40 @@ def set_dropout(model: nn.Module, p: float) -> int:
     return n
 
 
+@dataclass
+class LossParts:
+    """One batch's training loss and what it is made of.
+
+    ``loss`` is what the optimizer minimises; ``pred`` holds every training-mode prediction the regularizer made
+    (``batch``, or ``passes x batch``: R-Drop's two, MSD's K; Mixup's of the unmixed rows; a multi-output head adds
+    a last axis), so the trainer can log the same plain MSE of the target column for every regularizer and task
+    (``train/task_loss``); ``terms`` are the regularizer's own extra terms, logged on their own.
+    """
+
+    loss: torch.Tensor
+    pred: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class Regularizer:
-    """Plain dropout as the backbone and head were built: the baseline every other regularizer is compared to."""
+    """Plain dropout as the backbone and head were built: the baseline every other regularizer is compared to.
+
+    ``params`` maps each constructor argument (each key of the regularizer's YAML) to its ``schema.Rule``: the
+    config is checked against it before a run starts, and the constructor checks it again for direct use.
+    """
 
     name = "baseline"
+    params: dict = {}
+
+    def check_params(self, **values) -> None:
+        from ..schema import check_params
+
+        check_params("regularizer", self.params, values)
 
     def setup(self, model: nn.Module) -> None:
         """Change the freshly loaded model in place, before the optimizer sees its parameters."""
 
-    def loss(self, model: nn.Module, batch: dict, loss_fn: LossFn) -> torch.Tensor:
-        """The training loss of one batch."""
-        return loss_fn(model(**model_inputs(batch)).float(), batch["target"])
+    def loss(self, model: nn.Module, batch: dict, loss_fn: LossFn) -> LossParts:
+        """The training loss of one batch; ``loss_fn(pred, batch)`` is the task's loss."""
+        pred = model(**model_inputs(batch)).float()
+        return LossParts(loss_fn(pred, batch), pred)

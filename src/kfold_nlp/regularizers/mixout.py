@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..schema import PROBABILITY, ConfigError, Rule
 from .base import Regularizer, set_dropout
 
 
@@ -65,18 +66,21 @@ class Mixout(Regularizer):
     """
 
     name = "mixout"
+    params = {"p": PROBABILITY, "layers": Rule(str)}
 
     def __init__(self, p: float = 0.1, layers: str = "all"):
-        if not 0 <= p < 1:
-            raise ValueError(f"mixout p must be in [0, 1), got {p!r}")
+        self.check_params(p=p, layers=layers)
         self.p, self.layers = p, layers
-        self.pattern = None if layers == "all" else re.compile(layers)
+        try:
+            self.pattern = None if layers == "all" else re.compile(layers)
+        except re.error as err:
+            raise ConfigError(f"regularizer.layers={layers}: not a regular expression ({err})") from None
 
     def setup(self, model: nn.Module) -> None:
         names = [name for name, module in model.backbone.named_modules()
                  if type(module) is nn.Linear and (self.pattern is None or self.pattern.search(name))]
         if not names:
-            raise ValueError(f"mixout layers={self.layers!r} matches no nn.Linear in the backbone")
+            raise ConfigError(f"regularizer.layers={self.layers}: matches no nn.Linear in the backbone")
         for name in names:
             model.backbone.set_submodule(name, MixLinear.from_linear(model.backbone.get_submodule(name), self.p))
         set_dropout(model, 0.0)

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossFn, Regularizer, model_inputs
+from ..schema import PROBABILITY, Rule
+from ..model import head_outputs
+from .base import LossFn, LossParts, Regularizer, model_inputs
 
 REDUCTIONS = ("loss", "prediction")
 
@@ -44,25 +46,21 @@ class MultiSampleDropout(Regularizer):
     """
 
     name = "msd"
+    params = {"k": Rule(int, ge=1), "p": PROBABILITY, "reduce": Rule(str, choices=REDUCTIONS)}
 
     def __init__(self, k: int = 8, p: float = 0.5, reduce: str = "loss"):
-        if not (isinstance(k, int) and k >= 1):
-            raise ValueError(f"msd k (number of dropout samples) must be an integer >= 1, got {k!r}")
-        if not 0 <= p < 1:
-            raise ValueError(f"msd p (dropout probability) must be in [0, 1), got {p!r}")
-        if reduce not in REDUCTIONS:
-            raise ValueError(f"msd reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        self.check_params(k=k, p=p, reduce=reduce)
         self.k, self.p, self.reduce = k, p, reduce
 
     def setup(self, model: nn.Module) -> None:
         model.dropout = MultiSampleDropoutLayer(self.k, self.p)
 
-    def loss(self, model: nn.Module, batch: dict, loss_fn: LossFn) -> torch.Tensor:
-        target = batch["target"]
+    def loss(self, model: nn.Module, batch: dict, loss_fn: LossFn) -> LossParts:
         pred = model(**model_inputs(batch)).float()
-        if pred.dim() == target.dim():  # p == 0: a single deterministic sample
-            return loss_fn(pred, target)
+        # No K axis when p == 0 (a single deterministic sample); a multi-output head adds a last axis.
+        if pred.dim() == batch["target"].dim() + (head_outputs(model) > 1):
+            return LossParts(loss_fn(pred, batch), pred)
         if self.reduce == "prediction":
-            return loss_fn(pred.mean(0), target)
+            return LossParts(loss_fn(pred.mean(0), batch), pred)
         # loss_fn may not be elementwise (e.g. RMSE), so reduce per sample; K tiny ops on batch-sized tensors.
-        return torch.stack([loss_fn(p, target) for p in pred]).mean()
+        return LossParts(torch.stack([loss_fn(p, batch) for p in pred]).mean(), pred)

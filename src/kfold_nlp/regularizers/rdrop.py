@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossFn, Regularizer, model_inputs
+from ..schema import Rule
+from ..model import target_column
+from .base import LossFn, LossParts, Regularizer, model_inputs
 
 
 def consistency(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -31,7 +33,12 @@ def consistency(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
 
 
 class RDrop(Regularizer):
-    """Loss = mean of the two passes' task losses + ``alpha * consistency(p1, p2)``.
+    """The paper's loss ``L(p1) + L(p2) + alpha * consistency(p1, p2)``, halved so that its scale is one pass's loss.
+
+    With MSE as the task loss this is the paper's objective for a Gaussian head of variance 1/2 (whose negative
+    log-likelihood is the squared error and whose symmetric KL between two passes is the squared gap), so
+    ``alpha`` is the paper's alpha. The halving changes nothing for Adam-type optimizers and keeps ``train/loss``
+    on the scale of the other regularizers'.
 
     The two passes are one forward of the batch concatenated with itself (``[x; x]``): dropout masks differ
     between the halves, and one large batch uses the hardware better than two sequential forwards (which
@@ -40,10 +47,10 @@ class RDrop(Regularizer):
     """
 
     name = "rdrop"
+    params = {"alpha": Rule(float, ge=0), "single_forward": Rule(bool)}
 
     def __init__(self, alpha: float = 1.0, single_forward: bool = True):
-        if alpha < 0:
-            raise ValueError(f"rdrop alpha must be >= 0, got {alpha!r}")
+        self.check_params(alpha=alpha, single_forward=single_forward)
         self.alpha, self.single_forward = alpha, single_forward
 
     def predictions(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +64,9 @@ class RDrop(Regularizer):
             raise ValueError(f"R-Drop expects the batch as the output's first dim, got shape {tuple(pred.shape)}")
         return pred[:n], pred[n:]
 
-    def loss(self, model: nn.Module, batch: dict, loss_fn: LossFn) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: dict, loss_fn: LossFn) -> LossParts:
         p1, p2 = self.predictions(model, batch)
-        target = batch["target"]
-        task = 0.5 * (loss_fn(p1, target) + loss_fn(p2, target))
-        return task + self.alpha * consistency(p1, p2)
+        # Only the target column: a multi-task head's (target, standard_error) pair is not a pair of logits.
+        gap = consistency(target_column(p1, model), target_column(p2, model))
+        total = 0.5 * (loss_fn(p1, batch) + loss_fn(p2, batch) + self.alpha * gap)
+        return LossParts(total, torch.stack([p1, p2]), {"rdrop_consistency": gap})

@@ -1,0 +1,300 @@
+"""The config schema: every key's type and valid range, checked on the composed config before anything is written.
+
+Hydra already refuses unknown keys and unknown group choices with its own message. What it cannot know is that
+``trainer.epochs=-1`` trains nothing or that ``model.pooling=max`` does not exist, so ``validate`` walks the composed
+config against the rules below and raises ``ConfigError`` with one line naming the key, the value and what is
+allowed: ``trainer.epochs=-1: must be an integer >= 1``. Type checks live here rather than in Hydra structured
+configs because a structured-config type error is a multi-line Hydra report, not one line.
+
+Groups whose keys depend on the choice declare their own rules next to their code: a regularizer or task class
+has a ``params`` dict of ``Rule`` (so a new one stays a class and a YAML), optimizers share ``OPTIMIZER``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .model import Pooler
+
+_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``str(err)`` is one line naming the key (``error: <it>`` is what users see)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def _show(value) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A key's type (int, float, str, bool, list, dict) and its allowed values; ``optional`` admits null."""
+
+    kind: type
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | None = None
+    optional: bool = False
+    also: tuple = ()  # literal values allowed besides the kind, e.g. ("sturges",) for the number of bins
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            text = f"one of {', '.join(map(_show, self.choices))}"
+        else:
+            bounds = [f"{op} {b:g}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                      if b is not None]
+            text = f"{_NAMES[self.kind]}{' ' + ' and '.join(bounds) if bounds else ''}"
+        text = " or ".join([*map(_show, self.also), text])
+        return f"null or {text}" if self.optional else text
+
+    def ok(self, value) -> bool:
+        if value is None:
+            return self.optional
+        if value in self.also and not isinstance(value, bool):
+            return True
+        if self.kind is list:
+            return isinstance(value, (list, tuple, ListConfig))
+        if self.kind is dict:
+            return isinstance(value, (dict, DictConfig))
+        if isinstance(value, bool) != (self.kind is bool):
+            return False
+        if self.kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, self.kind):
+            return False
+        if self.choices is not None:
+            return value in self.choices
+        if self.kind in (int, float):
+            if isinstance(value, float) and not math.isfinite(value):
+                return False
+            return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                    and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        return True
+
+    def check(self, key: str, value) -> None:
+        if not self.ok(value):
+            raise ConfigError(f"{key}={_show(value)}: must be {self.allowed()}")
+
+
+def check(key: str, value, *args, **kwargs) -> None:
+    """``check("regularizer.alpha", alpha, float, ge=0)``: raise ConfigError unless ``value`` obeys the rule."""
+    Rule(*args, **kwargs).check(key, value)
+
+
+PROBABILITY = Rule(float, ge=0, lt=1)
+
+# Keys of the fixed groups. Free-form mappings (model.config_overrides, scheduler.kwargs) are passed on as given.
+RULES: dict[str, Rule] = {
+    "name": Rule(str),
+    "seed": Rule(int, ge=0),
+    "resume": Rule(str, optional=True),
+    "data.name": Rule(str),
+    "data.path": Rule(str),
+    "data.test_path": Rule(str, optional=True),
+    "data.id_col": Rule(str),
+    "data.text_col": Rule(str),
+    "data.target_col": Rule(str),
+    "data.generate": Rule(dict, optional=True),
+    "data.generate.n_train": Rule(int, ge=2),
+    "data.generate.n_test": Rule(int, ge=0),
+    "data.generate.seed": Rule(int, ge=0),
+    "model.backbone": Rule(str),
+    "model.tokenizer": Rule(str, optional=True),
+    "model.pretrained": Rule(bool),
+    "model.pooling": Rule(str, choices=Pooler.KINDS),
+    "model.head_dropout": PROBABILITY,
+    "model.backbone_dropout": Rule(float, ge=0, lt=1, optional=True),
+    "model.config_overrides": Rule(dict),
+    "model.max_length": Rule(int, ge=1),
+    "trainer.epochs": Rule(int, ge=1),
+    "trainer.batch_size": Rule(int, ge=1),
+    "trainer.eval_batch_size": Rule(int, ge=1),
+    "trainer.grad_accum": Rule(int, ge=1),
+    "trainer.max_grad_norm": Rule(float, gt=0, optional=True),
+    "trainer.penalty": Rule(str, choices=("l1", "l2"), optional=True),
+    "trainer.penalty_weight": Rule(float, ge=0),
+    "trainer.precision": Rule(str, choices=("fp32", "bf16", "fp16")),
+    "trainer.eval_every": Rule(int, ge=1, optional=True),
+    "trainer.patience": Rule(int, ge=1, optional=True),
+    "trainer.save_models": Rule(bool),
+    "trainer.num_workers": Rule(int, ge=0),
+    "cv.n_splits": Rule(int, ge=2),
+    "cv.seed": Rule(int, ge=0),
+    "cv.folds": Rule(list, optional=True),  # and each a fold number (below)
+    "cv.bins": Rule(int, ge=1, also=("sturges",)),
+    "cv.bagging": Rule(str, choices=("mean", "median")),
+    "scheduler.name": Rule(str),  # checked against transformers' SchedulerType below
+    "scheduler.warmup": Rule(float, ge=0),
+    "scheduler.kwargs": Rule(dict, optional=True),
+    "logger.mode": Rule(str, choices=("offline", "online", "disabled")),
+    "logger.project": Rule(str),
+    "logger.entity": Rule(str, optional=True),
+    "logger.tags": Rule(list),
+    "distill.teacher": Rule(str, optional=True),
+    "distill.weight": Rule(float, ge=0, le=1),
+    "distill.unlabeled": Rule(str, optional=True),
+}
+
+# Every optimizer YAML's keys besides _target_/_partial_ (torch.optim's own checks back these up).
+OPTIMIZER: dict[str, Rule] = {
+    "lr": Rule(float, gt=0),
+    "head_lr": Rule(float, gt=0, optional=True),
+    "llrd": Rule(float, gt=0, le=1),
+    "weight_decay": Rule(float, ge=0),
+    "eps": Rule(float, gt=0),
+    "betas": Rule(list),
+    "momentum": PROBABILITY,
+    "dampening": PROBABILITY,
+    "nesterov": Rule(bool),
+    "alpha": PROBABILITY,
+    "rho": Rule(float, ge=0, le=1),
+    "centered": Rule(bool),
+    "lr_decay": Rule(float, ge=0),
+    "initial_accumulator_value": Rule(float, ge=0),
+    "amsgrad": Rule(bool),
+    "foreach": Rule(bool, optional=True),
+    "fused": Rule(bool, optional=True),
+}
+HYDRA_KEYS = ("_target_", "_partial_")
+
+
+def _select(cfg, key: str):
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def is_missing(cfg, key: str) -> bool:
+    """A ``???`` value (a key the user must give), for a dotted key."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    try:
+        return node is not None and OmegaConf.is_missing(node, leaf)
+    except (KeyError, AttributeError, ValueError):  # no such key
+        return False
+
+
+def check_params(group: str, rules: dict[str, Rule], values) -> None:
+    """Check each key of a group whose keys depend on its choice (a regularizer's, an optimizer's)."""
+    for key in values:
+        if key in HYDRA_KEYS:
+            continue
+        if key not in rules:
+            raise ConfigError(f"{group}.{key}: not a key of this {group} (known: {', '.join(sorted(rules))})")
+        rules[key].check(f"{group}.{key}", values[key])
+
+
+def regularizer_class(cfg):
+    from hydra.utils import get_class
+
+    return get_class(cfg.regularizer._target_)
+
+
+def _check_distill(cfg) -> None:
+    """Pseudo-labels are a teacher's predictions, and unlabeled rows have no standard_error to offer a task."""
+    from .tasks import task_class
+
+    d = cfg.get("distill")
+    if d is None or d.unlabeled is None:
+        return
+    if d.teacher is None:
+        raise ConfigError(f"distill.unlabeled={d.unlabeled}: needs distill.teacher (the pseudo-labels are its "
+                          f"predictions)")
+    if task_class(cfg).columns:
+        raise ConfigError(f"distill.unlabeled={d.unlabeled}: unlabeled rows have no standard_error, which "
+                          f"task={task_class(cfg).name} needs; use task=single")
+
+
+def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
+    """Raise ``ConfigError`` for the first key of ``cfg`` that breaks its rule (fixed groups, then the choices)."""
+    for key, rule in RULES.items():
+        if key.startswith("data.generate.") and not _select(cfg, "data.generate"):
+            continue
+        if is_missing(cfg, key):
+            raise ConfigError(f"{key}: required, give it on the command line ({key}=...)")
+        rule.check(key, _select(cfg, key))
+
+    n_splits = cfg.cv.n_splits
+    if cfg.cv.folds is not None:
+        folds = list(cfg.cv.folds)
+        if not folds or len(set(folds)) != len(folds) or not all(
+                isinstance(f, int) and not isinstance(f, bool) and 0 <= f < n_splits for f in folds):
+            raise ConfigError(f"cv.folds={_show(cfg.cv.folds)}: must be null or a non-empty list of distinct fold "
+                              f"numbers from 0 to {n_splits - 1} (cv.n_splits={n_splits})")
+
+    t = cfg.trainer
+    if t.precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.precision=fp16: needs CUDA; use bf16 or fp32 on CPU")
+    if t.penalty is not None and t.penalty_weight == 0:
+        raise ConfigError(f"trainer.penalty_weight=0: must be > 0 when trainer.penalty={t.penalty}")
+
+    from transformers import SchedulerType
+
+    names = [s.value for s in SchedulerType]
+    if cfg.scheduler.name not in names:
+        raise ConfigError(f"scheduler.name={cfg.scheduler.name}: must be one of {', '.join(names)}")
+
+    check_params("optimizer", OPTIMIZER, cfg.optimizer)
+    betas = cfg.optimizer.get("betas")
+    if betas is not None and (len(betas) != 2 or not all(PROBABILITY.ok(b) for b in betas)):
+        raise ConfigError(f"optimizer.betas={_show(betas)}: must be two numbers >= 0 and < 1")
+    check_params("regularizer", getattr(regularizer_class(cfg), "params", {}), cfg.regularizer)
+    if cfg.get("task") is not None:
+        from .tasks import task_class
+
+        check_params("task", task_class(cfg).params, cfg.task)
+    _check_distill(cfg)
+
+    _check_max_length(cfg.model)
+    if check_files:
+        _check_paths(cfg)
+
+
+def _check_max_length(model_cfg) -> None:
+    """``max_length`` cannot exceed the backbone's position embeddings (read from its config, no weights loaded)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_cfg.backbone, **dict(model_cfg.config_overrides or {}))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.backbone={model_cfg.backbone}: cannot load its config "
+                          f"({' '.join(str(err).split())[:200]})") from None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and model_cfg.max_length > limit:
+        raise ConfigError(f"model.max_length={model_cfg.max_length}: must be <= {limit}, the backbone's positions")
+
+
+def _check_paths(cfg) -> None:
+    for key in ("data.path", "data.test_path"):
+        value = _select(cfg, key)
+        if value is not None and Path(value).is_dir():
+            raise ConfigError(f"{key}={value}: is a folder; give the CSV file")
+    if cfg.get("resume") is not None:
+        check_run_folder(Path(cfg.resume), "resume")
+    if _select(cfg, "distill.teacher") is not None:
+        check_run_folder(Path(cfg.distill.teacher), "distill.teacher")
+
+
+def check_run_folder(path: Path, key: str) -> None:
+    """A run folder is one that ``prepare`` started: it holds ``run_config.yaml``."""
+    if not path.exists():
+        raise ConfigError(f"{key}={path}: does not exist")
+    if not (path / "run_config.yaml").is_file():
+        raise ConfigError(f"{key}={path}: not a run folder (no run_config.yaml)")

@@ -1,0 +1,133 @@
+"""Step-level snapshots of a fold's training, so a killed or preempted job continues mid-epoch where it stopped.
+
+``fold_<k>/snapshot/`` holds everything the next step depends on: the model, optimizer and scheduler state, the
+sampler's epoch, its generator and the position in the epoch, the RNG states (python, numpy, torch CPU and CUDA),
+the early-stopping counters, the best state and its validation predictions, the global step. Tensors go to
+safetensors, optimizer and scheduler state dicts through ``torch.save`` and back with ``weights_only=True``, the rest
+to JSON: loading never unpickles an arbitrary object.
+
+A snapshot is written into a temporary sibling folder and then renamed over the previous one (the previous one is
+first renamed to ``snapshot.old``), so a kill at any moment leaves one complete snapshot on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+NAME = "snapshot"
+
+
+@dataclass
+class Snapshot:
+    """What ``load`` returns: the state dicts and the loop's counters (``state``)."""
+
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    best_state: dict | None
+    best_pred: np.ndarray | None
+    state: dict
+    rng: dict
+
+
+def rng_state(sampler_generator: torch.Generator | None = None) -> tuple[dict, dict]:
+    """(tensors, JSON) of every random state a training step draws from."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    if sampler_generator is not None:
+        tensors["sampler"] = sampler_generator.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss = random.getstate()
+    return tensors, {"python": [version, list(state), gauss],
+                     "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
+
+
+def set_rng_state(tensors: dict, plain: dict, sampler_generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    if sampler_generator is not None and "sampler" in tensors:
+        sampler_generator.set_state(tensors["sampler"])
+    version, state, gauss = plain["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _contiguous(state: dict) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save(fold_dir: Path, *, model_state: dict, optimizer, scheduler, best_state: dict | None,
+         best_pred: np.ndarray | None, state: dict, sampler_generator: torch.Generator | None = None) -> Path:
+    """Write ``fold_dir/snapshot`` atomically; ``state`` is the loop's JSON-able counters."""
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=fold_dir, prefix=f".{NAME}.", suffix=".tmp"))
+    try:
+        save_file(_contiguous(model_state), str(tmp / "model.safetensors"))
+        if best_state is not None:
+            save_file(_contiguous(best_state), str(tmp / "best.safetensors"))
+        if best_pred is not None:
+            np.save(tmp / "best_pred.npy", np.asarray(best_pred, dtype=np.float64))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        tensors, plain = rng_state(sampler_generator)
+        save_file(tensors, str(tmp / "rng.safetensors"))
+        (tmp / "rng.json").write_text(json.dumps(plain))
+        (tmp / "state.json").write_text(json.dumps(state))  # last: its presence marks the snapshot complete
+        dst, old = fold_dir / NAME, fold_dir / f"{NAME}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if dst.exists():
+            os.replace(dst, old)
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return fold_dir / NAME
+
+
+def latest(fold_dir: Path) -> Path | None:
+    """The complete snapshot of a fold, if any (``snapshot``, or ``snapshot.old`` when a kill fell between renames)."""
+    for name in (NAME, f"{NAME}.old"):
+        if (fold_dir / name / "state.json").is_file():
+            return fold_dir / name
+    return None
+
+
+def load(fold_dir: Path) -> Snapshot | None:
+    path = latest(fold_dir)
+    if path is None:
+        return None
+    best = path / "best.safetensors"
+    pred = path / "best_pred.npy"
+    return Snapshot(
+        model=load_file(str(path / "model.safetensors")),
+        optimizer=torch.load(path / "optimizer.pt", weights_only=True),
+        scheduler=torch.load(path / "scheduler.pt", weights_only=True),
+        best_state=load_file(str(best)) if best.exists() else None,
+        best_pred=np.load(pred) if pred.exists() else None,
+        state=json.loads((path / "state.json").read_text()),
+        rng={"tensors": load_file(str(path / "rng.safetensors")),
+             "plain": json.loads((path / "rng.json").read_text())},
+    )
+
+
+def remove(fold_dir: Path) -> None:
+    """A finished fold needs no snapshot (unless the user keeps it)."""
+    for name in (NAME, f"{NAME}.old"):
+        shutil.rmtree(fold_dir / name, ignore_errors=True)
+    for tmp in fold_dir.glob(f".{NAME}.*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,199 @@
+"""kfold_nlp.ensemble on hand-made run folders (no training): refusals, weights, the nested score, the submission,
+the output folder and its W&B run, and the notebook's ensemble section."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli, wandb_runs
+from fake_runs import rows, write_run
+
+from kfold_nlp import ensemble, report, stats
+
+METHODS = list(ensemble.METHODS)
+
+
+def blend_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``python -m kfold_nlp.ensemble`` in-process: (exit code, stdout, stderr)."""
+    try:
+        ensemble.main(["--wandb-mode", "disabled", *map(str, args)])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """Two members on the same 400 rows and 5 folds, with 12 test rows each."""
+    f, rng = rows(400), np.random.default_rng(0)
+    a = write_run(tmp_path / "a", f, f["target"] + rng.normal(0, 0.5, len(f)), rng.normal(size=12), name="baseline")
+    b = write_run(tmp_path / "b", f, f["target"] + rng.normal(0, 0.6, len(f)), rng.normal(size=12), name="rdrop")
+    return f, a, b
+
+
+@pytest.mark.parametrize("change", ["other folds", "other rows", "other test ids", "no submission"])
+def test_members_that_cannot_be_blended_are_refused_with_one_line(two_runs, tmp_path, capsys, change):
+    f, a, _ = two_runs
+    rng = np.random.default_rng(1)
+    pred, test = f["target"] + rng.normal(0, 0.5, len(f)), rng.normal(size=12)
+    if change == "other folds":  # the same rows, another cv.seed
+        write_run(tmp_path / "c", f.assign(fold=rng.permutation(f["fold"].to_numpy())), pred, test)
+    elif change == "other rows":
+        write_run(tmp_path / "c", f.assign(id=f["id"] + "x"), pred, test)
+    elif change == "other test ids":
+        write_run(tmp_path / "c", f, pred, test, test_ids=[f"u{i}" for i in range(12)])
+    else:
+        write_run(tmp_path / "c", f, pred)
+    out = tmp_path / "out"
+    code, stdout, stderr = blend_cli(capsys, a, tmp_path / "c", "--out", out)
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1 and str(tmp_path / "c") in stderr
+    assert not out.exists()
+
+
+def test_refusal_from_the_command_line_has_no_traceback(two_runs, tmp_path):
+    f, a, _ = two_runs
+    write_run(tmp_path / "c", f.assign(fold=(f["fold"] + 1) % 5), f["target"], np.zeros(12))
+    proc = run_cli(str(a), str(tmp_path / "c"), "--out", str(tmp_path / "out"), module="kfold_nlp.ensemble",
+                   check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "folds.csv differs" in proc.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_run_blended_with_its_copy_is_the_run(two_runs, tmp_path, capsys, method):
+    _, a, _ = two_runs
+    copy = shutil.copytree(a, tmp_path / "a_copy")
+    out = tmp_path / "out"
+    assert blend_cli(capsys, a, copy, "--method", method, "--out", out)[0] == 0
+    weights = json.loads((out / "weights.json").read_text())
+    assert sum(weights.values()) == pytest.approx(1.0) and min(weights.values()) >= 0
+    oof, run_oof = pd.read_csv(out / "oof.csv"), pd.read_csv(a / "oof.csv")
+    assert np.allclose(oof["pred"], run_oof["pred"]) and np.allclose(oof["pred_in_sample"], run_oof["pred"])
+    assert np.allclose(pd.read_csv(out / "submission.csv")["target"], pd.read_csv(a / "submission.csv")["target"])
+    cv = json.loads((out / "metrics.json").read_text())["cv"]
+    assert cv["rmse"] == pytest.approx(json.loads((a / "metrics.json").read_text())["cv"]["rmse"])
+    assert cv["gain_lo"] == cv["gain_hi"] == pytest.approx(0, abs=1e-12)
+
+
+def _mixture(n=2000, seed=0):
+    """target = 0.7 a + 0.3 b + noise, for two independent prediction columns a, b, and a third column of noise."""
+    rng = np.random.default_rng(seed)
+    a, b, c = rng.normal(-1, 1, (3, n))
+    target = 0.7 * a + 0.3 * b + rng.normal(0, 0.1, n)
+    return np.column_stack([a, b, c]), target
+
+
+@pytest.mark.parametrize("fit, tol", [(ensemble.nnls_weights, 0.01), (ensemble.greedy_weights, 0.03)])
+def test_nnls_and_greedy_recover_the_weights_of_a_known_blend(fit, tol):
+    preds, target = _mixture()
+    w = fit(preds, target)
+    assert w == pytest.approx([0.7, 0.3, 0.0], abs=tol) and w.sum() == pytest.approx(1.0) and (w >= 0).all()
+
+
+def test_nnls_weights_are_the_best_convex_blend():
+    """For two members the constrained optimum has a closed form: w = clip(<a - b, y - b> / |a - b|^2, 0, 1)."""
+    for seed in range(5):
+        preds, target = _mixture(seed=seed)
+        for a, b in [(0, 1), (1, 2), (2, 0)]:
+            d = preds[:, a] - preds[:, b]
+            w = np.clip(d @ (target - preds[:, b]) / (d @ d), 0, 1)
+            assert ensemble.nnls_weights(preds[:, [a, b]], target) == pytest.approx([w, 1 - w], abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["nnls", "greedy"])
+def test_nested_score_is_no_better_than_in_sample_on_noise_members(method):
+    fit = ensemble.fitter(method)
+    for seed in range(5):
+        f = rows(500, seed=seed)
+        target = f["target"].to_numpy()
+        preds = np.random.default_rng(seed).normal(-1, 1, (len(f), 4))  # members that know nothing
+        nested, _ = ensemble.nested_predictions(preds, target, f["fold"].to_numpy(), fit)
+        in_sample = preds @ fit(preds, target)
+        assert stats.rmse(target, nested) >= stats.rmse(target, in_sample)
+
+
+@pytest.mark.parametrize("method", ["nnls", "greedy"])
+def test_nested_weights_never_see_the_fold_they_score(method):
+    """Changing fold 0's OOF rows leaves the weights that score fold 0 as they were, and moves the others."""
+    fit, f = ensemble.fitter(method), rows(500)
+    target, folds = f["target"].to_numpy(), f["fold"].to_numpy()
+    rng = np.random.default_rng(0)
+    preds = target[:, None] + rng.normal(0, [0.4, 0.6, 0.8], (len(f), 3))
+    changed = preds.copy()
+    changed[folds == 0] = target[folds == 0, None] + rng.normal(0, [0.9, 0.1, 0.9], ((folds == 0).sum(), 3))
+    _, before = ensemble.nested_predictions(preds, target, folds, fit)
+    _, after = ensemble.nested_predictions(changed, target, folds, fit)
+    assert np.array_equal(before[0], after[0])
+    assert all(not np.allclose(before[k], after[k]) for k in range(1, 5))
+
+
+def test_blended_submission_is_the_weighted_mean_of_the_member_submissions(tmp_path, capsys):
+    f, rng = rows(400), np.random.default_rng(2)
+    test_ids = [f"t{i}" for i in range(12)]
+    members = []
+    for i, sd in enumerate([0.4, 0.5, 0.7]):
+        members.append(write_run(tmp_path / f"m{i}", f, f["target"] + rng.normal(0, sd, len(f)), rng.normal(size=12),
+                                 test_ids=test_ids[::-1] if i == 1 else test_ids, header=("excerpt_id", "score")))
+    out = tmp_path / "out"
+    assert blend_cli(capsys, *members, "--method", "nnls", "--out", out)[0] == 0
+    weights = json.loads((out / "weights.json").read_text())
+    sub = pd.read_csv(out / "submission.csv", dtype={"excerpt_id": str})
+    assert sub.columns.tolist() == ["excerpt_id", "score"] and sub["excerpt_id"].tolist() == test_ids
+    expected = sum(w * pd.read_csv(tmp_path / name / "submission.csv", dtype={"excerpt_id": str})
+                   .set_index("excerpt_id").loc[test_ids, "score"].to_numpy() for name, w in weights.items())
+    assert np.allclose(sub["score"], expected) and len(set(np.round(list(weights.values()), 6))) > 1
+
+
+def test_ensemble_folder_records_scores_and_an_offline_wandb_run(two_runs, tmp_path, capsys, monkeypatch):
+    _, a, b = two_runs
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = blend_cli(capsys, "a", "b", "--method", "greedy", "--wandb-mode", "offline")
+    assert code == 0
+    (out,) = list((tmp_path / "outputs" / "ensemble").iterdir())
+    assert f"Ensemble folder: {out.relative_to(tmp_path)}" in stdout
+    m = json.loads((out / "metrics.json").read_text())
+    oof = pd.read_csv(out / "oof.csv")
+    assert m["cv"]["rmse"] == pytest.approx(stats.rmse(oof["target"], oof["pred"]))  # nested, from the file
+    assert m["cv"]["rmse_in_sample"] == pytest.approx(stats.rmse(oof["target"], oof["pred_in_sample"]))
+    for name, run in [("a", a), ("b", b)]:
+        run_rmse = json.loads((run / "metrics.json").read_text())["cv"]["rmse"]
+        assert m["members"][name]["cv_rmse"] == pytest.approx(run_rmse)
+    assert m["members"]["a"]["weight"] == json.loads((out / "weights.json").read_text())["a"]
+    (run,) = wandb_runs(out)
+    assert run["group"] == "ensemble" and run["state"] == "finished" and run["job_type"] == "greedy"
+    assert run["summary"]["cv/rmse"] == pytest.approx(m["cv"]["rmse"])
+    assert ensemble.default_out(tmp_path / "outputs" / "ensemble") != out  # a second run gets its own folder
+
+
+def test_sweep_and_ensemble_folders_expand_to_their_runs(two_runs, tmp_path, capsys):
+    f, a, b = two_runs
+    sweep = tmp_path / "sweep"
+    shutil.copytree(a, sweep / "0")
+    shutil.copytree(b, sweep / "1")
+    assert blend_cli(capsys, sweep, "--out", tmp_path / "e1")[0] == 0
+    assert list(json.loads((tmp_path / "e1" / "weights.json").read_text())) == [str(sweep / "0"), str(sweep / "1")]
+    assert report.find_runs([tmp_path / "e1"]) == [sweep / "0", sweep / "1"]
+    assert report.find_ensembles([tmp_path]) == [tmp_path / "e1"]
+
+
+def test_notebook_shows_the_ensemble_folder(two_runs, tmp_path, capsys):
+    _, a, b = two_runs
+    assert blend_cli(capsys, a, b, "--out", tmp_path / "ens")[0] == 0
+    report.render([str(tmp_path / "ens")])
+    nb = nbformat.read(tmp_path / "ens" / "oof_analysis.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    texts = [o["data"].get("text/plain", "") + o["data"].get("text/markdown", "") for o in outputs if "data" in o]
+    assert any("## Ensemble `ens`" in t for t in texts)
+    assert any("nested" in t and "in-sample" in t for t in texts)
+    members = next(t for t in texts if "weight w/o fold 0" in t)
+    assert "baseline" in members and "rdrop" in members  # the members, by their run labels
+    assert any("RMSE diff 95% low" in t for t in texts)  # the comparison of the members, with intervals
