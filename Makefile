@@ -12,7 +12,7 @@ HPO    ?= rdrop
 TS     := $(shell date +%Y-%m-%d_%H-%M-%S)
 
 # `make cv model=tiny` would set a make variable and drop the override silently: refuse words make does not know.
-KNOWN   := VENV EXP DATA ARGS RESUME RUN INPUT RUNS HPO
+KNOWN   := VENV EXP DATA ARGS RESUME RUN INPUT RUNS HPO LAUNCHER
 empty   :=
 space   := $(empty) $(empty)
 UNKNOWN := $(filter-out $(KNOWN),$(foreach v,$(subst \$(space),_,$(MAKEOVERRIDES)),$(firstword $(subst =, ,$(v)))))
@@ -22,7 +22,7 @@ endif
 
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup cv predict test bench compare sweep hpo notebook ensemble clean
+.PHONY: help setup cv collect predict test bench compare sweep hpo notebook ensemble clean
 
 help:  ## this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,8 +34,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed  ## virtual environment + requirements (idempotent)
 
-cv: setup  ## one CV experiment: make cv EXP=rdrop DATA=commonlit ARGS="cv.n_splits=3"
-	$(PY) -m kfold_nlp experiment=$(EXP) $(if $(DATA),data=$(DATA)) $(if $(RESUME),"resume=$(RESUME)") $(ARGS)
+cv: setup  ## one CV experiment: make cv EXP=rdrop DATA=commonlit ARGS="cv.n_splits=3" [LAUNCHER=joblib|slurm] [RESUME=<run>]
+	$(PY) -m kfold_nlp experiment=$(EXP) $(if $(DATA),data=$(DATA)) $(if $(RESUME),"resume=$(RESUME)") \
+	    $(if $(LAUNCHER),launcher=$(LAUNCHER)) $(ARGS)
+
+collect: setup  ## (re)build a run's oof.csv, submission.csv, metrics.json from its fold folders: make collect RUN=<run folder>
+	$(PY) -m kfold_nlp.collect "$(RUN)"
 
 predict: setup  ## bagged predictions of a run's fold models: make predict RUN=outputs/baseline/latest [INPUT=test.csv] [ARGS="--text-col passage"]
 	$(PY) -m kfold_nlp.predict "$(RUN)" $(if $(INPUT),"$(INPUT)") $(ARGS)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -129,3 +130,36 @@ def test_a_run_folder_is_only_continued_with_its_own_config(tmp_path):
         check_run_config(cfg("optimizer.lr=1e-3", "trainer.epochs=5"), tmp_path)
     assert (tmp_path / ".hydra" / "config.yaml").read_text() == saved  # predict reads the run's own config again
     assert (tmp_path / "run_config.yaml").read_text() == saved
+
+
+KILL_POINTS = {  # when to send SIGKILL: a predicate on the run folder
+    "fold 1 has its first snapshot": lambda run: (run / "fold_1" / "snapshot" / "state.json").exists(),
+    "fold 0 writes its second snapshot": lambda run: (run / "fold_0" / "snapshot" / "state.json").exists()
+    and bool(list((run / "fold_0").glob(".snapshot.*.tmp"))),
+}
+
+
+@pytest.mark.parametrize("kill_when", KILL_POINTS)
+def test_killed_after_or_during_a_snapshot_resumes_mid_fold_to_the_same_results(kill_when, tiny_run, tmp_path):
+    """SIGKILL as soon as fold 1 has a snapshot (mid-fold), or while fold 0 writes one; ``resume=`` continues the
+    fold from its snapshot (the log says from which step) and ends with the uninterrupted run's files."""
+    data, run_dir = tiny_run.parent / "data", tmp_path / "run"
+    every = ["trainer.snapshot_every=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *tiny_overrides(data, run_dir), *every], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not KILL_POINTS[kill_when](run_dir):
+            assert proc.poll() is None, "the run ended before the kill point"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+    assert list(run_dir.glob("fold_*/snapshot*/state.json"))  # a complete snapshot survived the kill
+
+    run_cli(*resume_overrides(data, run_dir), *every)
+    assert_same_results(run_dir, tiny_run)
+    log = (run_dir / "run.log").read_text()
+    assert re.search(r"fold \d: continued from its snapshot at step [1-9]", log), log[-2000:]
+    assert not list(run_dir.glob("fold_*/snapshot*"))  # removed once each fold finished

@@ -46,11 +46,16 @@ def _remove_stub(run_dir: Path) -> None:
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    job = {"num": hc.job.num, "sweep_id": Path(hc.sweep.dir).name} if multirun else {}
+    fold_job = cfg.get("output") is not None  # one of a launcher's parallel fold jobs: writes into its run folder
+    run_dir = Path(cfg.output) if fold_job else Path(hc.runtime.output_dir)
+    job = {"num": hc.job.num, "sweep_id": Path(hc.sweep.dir).name} if multirun and not fold_job else {}
     offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
-    from . import cv  # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
+    from .launch import pick_gpu
+
+    if fold_job:
+        pick_gpu(cfg)
+    from . import cv, launch  # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
     from .schema import ConfigError, validate
     from .trainer import Diverged
 
@@ -59,7 +64,10 @@ def main(cfg: DictConfig) -> float:
             _remove_stub(run_dir)
         validate(cfg)
         log.info(cv.describe(cfg, run_dir))
-        metrics = cv.run(cfg, run_dir, job)
+        if cfg.get("launcher") and not multirun:
+            metrics = launch.run(cfg, run_dir, list(hc.overrides.task))
+        else:
+            metrics = cv.run(cfg, run_dir, job)
     except (DataError, ConfigError) as err:
         if multirun:
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
-from . import distill, tracking
+from . import distill, snapshot, tracking
 from .data import DataError, load_data
 from .files import atomic_path, read_json, write_csv, write_json
 from .folds import make_folds
@@ -51,7 +52,8 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
     Finished folds are kept on resume, so a changed config would mix two experiments in one OOF file. Hydra
     rewrites ``.hydra/config.yaml`` on every start (before we can check), hence our own ``run_config.yaml``
     (unresolved: machine-independent), which a refused start also puts back for ``predict``. ``resume`` and
-    ``logger`` may differ.
+    ``logger`` may differ, and so may which folds a start trains (``cv.folds``: parallel fold jobs each train one)
+    and how (``launcher``, ``output``, ``collect``).
     """
     path = run_dir / "run_config.yaml"
     if not path.exists():
@@ -61,7 +63,7 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
         return
     saved, now = (_flat(OmegaConf.to_container(c)) for c in (OmegaConf.load(path), cfg))
     changed = sorted(k for k in saved.keys() | now.keys()
-                     if k.split(".")[0] not in ("resume", "logger")
+                     if k.split(".")[0] not in FREE_KEYS and k != "cv.folds"
                      and saved.get(k, "<unset>") != now.get(k, "<unset>"))
     if changed:
         if save and (run_dir / ".hydra").is_dir():
@@ -69,6 +71,9 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
                 tmp.write_text(path.read_text())
         raise DataError(f"{path}: this run folder was started with another config; resume it with the same "
                         f"overrides (differing: {', '.join(changed)})")
+
+
+FREE_KEYS = ("resume", "logger", "launcher", "output", "collect")  # may differ between starts of one run folder
 
 
 def check_ids(path: Path, ids, expected, what: str) -> None:
@@ -115,8 +120,11 @@ class Prepared:
         return self.train["target"].to_numpy()
 
 
-def prepare(cfg: DictConfig, run_dir: Path, main: bool = True) -> Prepared:
-    """Check the data, write ``folds.csv`` and ``run_config.yaml``; on resume, refuse changed data or config."""
+def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = True) -> Prepared:
+    """Check the data, write ``folds.csv`` and ``run_config.yaml``; on resume, refuse changed data or config.
+
+    ``texts=False`` skips tokenizing (a process that trains no fold: the launcher of parallel fold jobs, ``collect``).
+    """
     train, test = load_data(cfg.data, cfg.cv.n_splits)  # bad input fails here, before anything is written
     check_columns(cfg, train)  # the label columns the task reads (standard_error)
     if test is None and main:
@@ -132,25 +140,39 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True) -> Prepared:
     check_run_config(cfg, run_dir, save=main)  # every process, so none waits for a main process that refused
     if main:
         for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:  # left by a killed run
-            stale.unlink()
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         write_csv(table, run_dir / "folds.csv")
+    if not texts:
+        return Prepared(train, test, folds, None, None, None, distiller)
     tokenizer = load_tokenizer(cfg.model)
     enc = tokenize(tokenizer, train["text"], cfg.model.max_length)
     test_enc = tokenize(tokenizer, test["text"], cfg.model.max_length) if test is not None else None
     return Prepared(train, test, folds, tokenizer, enc, test_enc, distiller)
 
 
+def build_fold_model(cfg: DictConfig, fold: int, rank: int = 0):
+    """The task, model and regularizer of fold ``fold``, seeded so that every DDP rank starts from the same weights
+    (and Mixout from the same pretrained targets), then each rank draws its own dropout masks; rank 0 keeps the
+    single-process random stream, so one process reproduces a run whatever launched it."""
+    set_seed(cfg.seed + fold)
+    task = instantiate(cfg.task)
+    model = build_model(cfg.model, n_outputs=task.n_outputs)
+    task.setup(model)
+    regularizer = instantiate(cfg.regularizer)
+    regularizer.setup(model)
+    if rank:
+        set_seed(cfg.seed + fold + 7919 * rank)
+    return task, model, regularizer
+
+
 def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelerator, group: str) -> dict:
     """Train fold ``fold`` and write ``fold_<k>/``: model, OOF and test predictions, then ``result.json``."""
     fdir, targets, workers = fold_dir(run_dir, fold), data.targets, cfg.trainer.num_workers
-    set_seed(cfg.seed + fold)
     tr, va = np.flatnonzero(data.folds != fold), np.flatnonzero(data.folds == fold)
-    with tracking.wandb_run(cfg, run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}") as wb:
-        task = instantiate(cfg.task)
-        model = build_model(cfg.model, n_outputs=task.n_outputs)
-        task.setup(model)
-        regularizer = instantiate(cfg.regularizer)
-        regularizer.setup(model)
+    resuming = snapshot.latest(fdir) is not None
+    with tracking.wandb_run(cfg, run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
+                            resume=resuming) as wb:
+        task, model, regularizer = build_fold_model(cfg, fold, accelerator.process_index)
         train_rows = EncodedRows(data.enc, tr, targets, {c: data.train[c].to_numpy() for c in task.columns})
         if data.distill is not None:  # soft targets and pseudo-labels, from the teacher's fold-k model only
             record = fdir / "soft_targets.csv" if accelerator.is_main_process else None
@@ -164,7 +186,10 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             log.debug("fold %d step %d: %s", fold, step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
         res = train_fold(model, regularizer, train_loader, val_loader, targets[va], cfg, accelerator,
-                         log=log_eval, fold=fold, task=task)
+                         log=log_eval, fold=fold, task=task, snapshot_dir=fdir)
+        if res.resumed_from is not None:
+            log.info("fold %d: continued from its snapshot at step %d", fold, res.resumed_from)
+            wb.summary.update({"resumed_from_step": res.resumed_from})
         model.load_state_dict(res.best_state)
         result = {"mse": res.best_mse, "rmse": res.best_rmse, "best_step": res.best_step, "steps": res.steps,
                   "train_time_s": round(res.train_time, 2)}
@@ -183,6 +208,8 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             if data.test is not None:
                 write_csv(pd.DataFrame({"id": data.test["id"], "pred": test_pred}), fdir / "test_pred.csv")
             write_json(result, fdir / "result.json")  # last: marks the fold finished
+            if not cfg.trainer.keep_snapshot:
+                snapshot.remove(fdir)
     log.info("fold %d: val RMSE %.4f (MSE %.4f) at step %d of %d, %.0f s", fold, result["rmse"], result["mse"],
              result["best_step"], result["steps"], result["train_time_s"])
     return result
@@ -206,6 +233,14 @@ def cv_metrics(oof: pd.DataFrame, fold_results: dict[int, dict], mean_rmse: floa
         },
         "folds": {str(k): v for k, v in fold_results.items()},
     }
+
+
+def expected_folds(cfg) -> list[int]:
+    return list(cfg.cv.folds) if cfg.cv.folds is not None else list(range(cfg.cv.n_splits))
+
+
+def unfinished(run_dir: Path, folds: list[int]) -> list[int]:
+    return [k for k in folds if not (fold_dir(run_dir, k) / "result.json").exists()]
 
 
 def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]) -> dict:
@@ -239,24 +274,33 @@ def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]
     return metrics
 
 
+def finish(cfg: DictConfig, run_dir: Path, data: Prepared, group: str, extra: dict) -> dict:
+    """Collect the finished folds into the run's results, ``metrics.json`` and the W&B ``-cv`` run."""
+    metrics = collect(cfg, run_dir, data, expected_folds(cfg))
+    metrics["cv"] |= extra
+    write_json(metrics, run_dir / "metrics.json")
+    tracking.log_cv(cfg, run_dir, group, metrics, run_dir / "oof.csv")
+    return metrics
+
+
 def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
-    """Run (or resume) a full CV experiment into ``run_dir``; returns the metrics dict (empty off the main process)."""
+    """Run (or resume) a CV experiment into ``run_dir``: prepare, fit every fold not finished yet, collect.
+
+    Returns the metrics dict; empty off the main process, and in a fold job (``collect=false``), whose launcher
+    collects once every fold is done.
+    """
     started = time.perf_counter()
     accelerator = make_accelerator(cfg.trainer)
     main = accelerator.is_main_process
     data = prepare(cfg, run_dir, main)
     group = tracking.group_name(cfg, job or {})
-    run_folds = list(cfg.cv.folds) if cfg.cv.folds is not None else list(range(cfg.cv.n_splits))
-    for fold in run_folds:
+    for fold in expected_folds(cfg):
         if (fold_dir(run_dir, fold) / "result.json").exists():  # finished before an interruption: keep it
             log.info("fold %d: kept from the earlier start", fold)
             continue
         fit_fold(cfg, run_dir, fold, data, accelerator, group)
     accelerator.wait_for_everyone()
-    if not main:
+    if not main or not cfg.get("collect", True):
         return {}
-    metrics = collect(cfg, run_dir, data, run_folds)
-    metrics["cv"] |= {"wall_time_s": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes}
-    write_json(metrics, run_dir / "metrics.json")
-    tracking.log_cv(cfg, run_dir, group, metrics, run_dir / "oof.csv")
-    return metrics
+    return finish(cfg, run_dir, data, group, {"wall_time_s": round(time.perf_counter() - started, 1),
+                                             "processes": accelerator.num_processes})

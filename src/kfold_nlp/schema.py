@@ -104,6 +104,9 @@ RULES: dict[str, Rule] = {
     "name": Rule(str),
     "seed": Rule(int, ge=0),
     "resume": Rule(str, optional=True),
+    "launcher": Rule(str, optional=True),
+    "output": Rule(str, optional=True),
+    "collect": Rule(bool),
     "data.name": Rule(str),
     "data.path": Rule(str),
     "data.test_path": Rule(str, optional=True),
@@ -134,6 +137,8 @@ RULES: dict[str, Rule] = {
     "trainer.patience": Rule(int, ge=1, optional=True),
     "trainer.save_models": Rule(bool),
     "trainer.num_workers": Rule(int, ge=0),
+    "trainer.snapshot_every": Rule(int, ge=1, optional=True),
+    "trainer.keep_snapshot": Rule(bool),
     "cv.n_splits": Rule(int, ge=2),
     "cv.seed": Rule(int, ge=0),
     "cv.folds": Rule(list, optional=True),  # and each a fold number (below)

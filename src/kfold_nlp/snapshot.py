@@ -40,27 +40,27 @@ class Snapshot:
     rng: dict
 
 
-def rng_state(sampler_generator: torch.Generator | None = None) -> tuple[dict, dict]:
-    """(tensors, JSON) of every random state a training step draws from."""
+def rng_state(sampler_state: torch.Tensor | None = None) -> tuple[dict, dict]:
+    """(tensors, JSON) of every random state a training step draws from; ``sampler_state``: the sampler
+    generator's state at the start of the epoch (it fixes the epoch's order)."""
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    if sampler_generator is not None:
-        tensors["sampler"] = sampler_generator.get_state()
+    if sampler_state is not None:
+        tensors["sampler"] = sampler_state
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, state, gauss = random.getstate()
     return tensors, {"python": [version, list(state), gauss],
                      "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
 
 
-def set_rng_state(tensors: dict, plain: dict, sampler_generator: torch.Generator | None = None) -> None:
+def set_rng_state(tensors: dict, plain: dict) -> None:
+    """Back to the saved streams (the sampler's is set by the trainer, at the start of the epoch it resumes)."""
     torch.set_rng_state(tensors["torch"])
     if torch.cuda.is_available():
         cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
-    if sampler_generator is not None and "sampler" in tensors:
-        sampler_generator.set_state(tensors["sampler"])
     version, state, gauss = plain["python"]
     random.setstate((version, tuple(state), gauss))
     kind, keys, pos, has_gauss, cached = plain["numpy"]
@@ -72,7 +72,7 @@ def _contiguous(state: dict) -> dict:
 
 
 def save(fold_dir: Path, *, model_state: dict, optimizer, scheduler, best_state: dict | None,
-         best_pred: np.ndarray | None, state: dict, sampler_generator: torch.Generator | None = None) -> Path:
+         best_pred: np.ndarray | None, state: dict, sampler_state: torch.Tensor | None = None) -> Path:
     """Write ``fold_dir/snapshot`` atomically; ``state`` is the loop's JSON-able counters."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=fold_dir, prefix=f".{NAME}.", suffix=".tmp"))
@@ -84,7 +84,7 @@ def save(fold_dir: Path, *, model_state: dict, optimizer, scheduler, best_state:
             np.save(tmp / "best_pred.npy", np.asarray(best_pred, dtype=np.float64))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        tensors, plain = rng_state(sampler_generator)
+        tensors, plain = rng_state(sampler_state)
         save_file(tensors, str(tmp / "rng.safetensors"))
         (tmp / "rng.json").write_text(json.dumps(plain))
         (tmp / "state.json").write_text(json.dumps(state))  # last: its presence marks the snapshot complete

@@ -44,12 +44,12 @@ def run_id(run_dir, name: str) -> str:
 
 
 @contextmanager
-def wandb_run(cfg, *, run_dir, group: str, name: str, job_type: str, tags=()):
+def wandb_run(cfg, *, run_dir, group: str, name: str, job_type: str, tags=(), resume: bool = False):
     """A W&B run that is finished on every path out: exit code 1 when the block raised.
 
-    Its id is fixed by the run folder and the run's name, so a fold retried after a failure or a resumed run
-    replaces its earlier W&B run instead of adding one beside it: offline, the earlier attempt's files are removed;
-    online, the run with that id is continued.
+    Its id is fixed by the run folder and the run's name. ``resume=True`` (a fold continuing from its snapshot)
+    continues that W&B run; otherwise a fold retried after a failure, or a resumed run's ``-cv`` run, replaces its
+    earlier W&B run instead of adding one beside it (offline: the earlier attempt's files are removed).
     """
     if cfg.logger.mode == "disabled" or int(os.environ.get("RANK", 0)) != 0:  # under DDP only rank 0 logs
         run = NullRun()
@@ -57,12 +57,12 @@ def wandb_run(cfg, *, run_dir, group: str, name: str, job_type: str, tags=()):
         import wandb
 
         rid = run_id(run_dir, name)
-        if cfg.logger.mode == "offline":
+        if cfg.logger.mode == "offline" and not resume:
             for old in Path(run_dir, "wandb").glob(f"offline-run-*-{rid}"):
                 shutil.rmtree(old, ignore_errors=True)
         run = wandb.init(
             id=rid,
-            resume="allow" if cfg.logger.mode == "online" else None,
+            resume="allow" if resume or cfg.logger.mode == "online" else None,
             project=cfg.logger.project,
             entity=cfg.logger.entity,
             mode=cfg.logger.mode,

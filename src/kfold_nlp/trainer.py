@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from . import snapshot
 from .model import target_column
 from .optim import build_optimizer, build_scheduler, weight_penalty
 from .regularizers.base import model_inputs
@@ -106,6 +107,7 @@ class FoldResult:
     best_state: dict | None = None
     train_time: float = 0.0
     history: list = field(default_factory=list)
+    resumed_from: int | None = None  # the step of the snapshot this fold continued from
 
     @property
     def best_rmse(self) -> float:
@@ -162,25 +164,28 @@ def optimizer_step(model, regularizer, group: list[dict], optimizer, accelerator
 
 
 def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, accelerator,
-               log=lambda metrics, step: None, fold=0, task: Task | None = None):
+               log=lambda metrics, step: None, fold=0, task: Task | None = None, snapshot_dir=None):
     """Train one fold and keep the weights of the best validation MSE (in memory; the caller saves them).
 
-    ``task`` (set up on ``model``) gives the loss; default: MSE on the target.
+    ``task`` (set up on ``model``) gives the loss; default: MSE on the target. With ``snapshot_dir`` (the fold's
+    folder) the whole training state is saved every ``trainer.snapshot_every`` optimizer steps and at each epoch's
+    end, and a snapshot found there is continued from, mid-epoch: the steps before it are not trained again.
 
     Raises ``Diverged`` at the first non-finite training loss or validation MSE.
     """
     tcfg = cfg.trainer
     optimizer = build_optimizer(cfg.optimizer, model)
     penalty = weight_penalty(model, tcfg.get("penalty"), tcfg.get("penalty_weight", 0.0))
+    generator = getattr(train_loader.sampler, "generator", None)  # the sampler's: its state fixes an epoch's order
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     steps_per_epoch = math.ceil(len(train_loader) / tcfg.grad_accum)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch * tcfg.epochs)
-    result, bad_evals, start = FoldResult(), 0, time.perf_counter()
+    result, start = FoldResult(), time.perf_counter()
     val_target = np.asarray(val_target, dtype=float)
+    loop = {"step": 0, "epoch": 0, "batch": 0, "bad_evals": 0, "stop": False, "running": []}
 
     def evaluate(step: int, train: dict[str, float]) -> bool:
         """Returns True when early stopping says stop."""
-        nonlocal bad_evals
         pred = predict(model, val_loader, accelerator)
         mse = float(np.mean((pred - val_target) ** 2))
         if not math.isfinite(mse):
@@ -190,37 +195,77 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
              "train/lr": scheduler.get_last_lr()[0]}, step)
         result.history.append({"step": step, "val_mse": mse})
         if mse < result.best_mse:
-            result.best_mse, result.best_step, result.val_pred, bad_evals = mse, step, pred, 0
+            result.best_mse, result.best_step, result.val_pred, loop["bad_evals"] = mse, step, pred, 0
             result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
         else:
-            bad_evals += 1
+            loop["bad_evals"] += 1
         bar.set_postfix(loss=f"{train['loss']:.4f}", val_rmse=f"{math.sqrt(mse):.4f}", best=f"{result.best_rmse:.4f}")
-        return tcfg.patience is not None and bad_evals >= tcfg.patience
+        return tcfg.patience is not None and loop["bad_evals"] >= tcfg.patience
+
+    def save_snapshot(epoch_start_state) -> None:
+        if accelerator.is_main_process:
+            snapshot.save(snapshot_dir, model_state=accelerator.unwrap_model(model).state_dict(), optimizer=optimizer,
+                          scheduler=scheduler, best_state=result.best_state, best_pred=result.val_pred,
+                          state=loop | {"best_mse": result.best_mse, "best_step": result.best_step,
+                                        "history": result.history},
+                          sampler_state=epoch_start_state)
+        accelerator.wait_for_everyone()
+
+    saved = snapshot.load(snapshot_dir) if snapshot_dir is not None else None
+    if saved is not None:  # continue where the snapshot left off
+        accelerator.unwrap_model(model).load_state_dict(saved.model)
+        optimizer.load_state_dict(saved.optimizer)
+        scheduler.load_state_dict(saved.scheduler)
+        loop |= {k: saved.state[k] for k in loop}
+        result.best_mse, result.best_step = saved.state["best_mse"], saved.state["best_step"]
+        result.history, result.best_state, result.val_pred = saved.state["history"], saved.best_state, saved.best_pred
+        result.resumed_from = loop["step"]
 
     task = task or Task()
-    step, stop, running = 0, False, []
     model.train()
-    with tqdm(total=steps_per_epoch * tcfg.epochs, desc=f"fold {fold}", dynamic_ncols=True,
+    snapshot_every = tcfg.get("snapshot_every") if snapshot_dir is not None else None
+    with tqdm(total=steps_per_epoch * tcfg.epochs, initial=loop["step"], desc=f"fold {fold}", dynamic_ncols=True,
               disable=not accelerator.is_local_main_process) as bar:
-        for epoch in range(tcfg.epochs):
+        for epoch in range(loop["epoch"], tcfg.epochs):
+            if loop["stop"]:
+                break
+            resuming = saved is not None and epoch == loop["epoch"] and loop["batch"] > 0
+            if resuming and generator is not None:
+                generator.set_state(saved.rng["tensors"]["sampler"])
+            epoch_start = generator.get_state().clone() if generator is not None else None
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
-            for group in micro_batch_groups(train_loader, tcfg.grad_accum):
+            batches = iter(train_loader)
+            if resuming:  # the steps before the snapshot: skip their batches, then restore the random streams
+                for _ in itertools.islice(batches, loop["batch"]):
+                    pass
+                snapshot.set_rng_state(saved.rng["tensors"], saved.rng["plain"])
+                if accelerator.process_index:  # ranks other than 0 need their own streams (dropout masks differ)
+                    torch.manual_seed(cfg.seed + 1000 * fold + 7919 * accelerator.process_index + loop["step"])
+            else:
+                loop["batch"] = 0
+            loop["epoch"] = epoch
+            for group in micro_batch_groups(batches, tcfg.grad_accum):
                 losses = optimizer_step(model, regularizer, group, optimizer, accelerator, task,
                                         tcfg.max_grad_norm, penalty)
-                step += 1
+                loop["step"] += 1
+                loop["batch"] += len(group)
+                step = loop["step"]
                 if not math.isfinite(losses["loss"]):
                     raise Diverged(fold, step, "loss", losses["loss"])
-                running.append(losses)
+                loop["running"].append(losses)
                 scheduler.step()
                 bar.update(1)
-                if step % steps_per_epoch == 0 or (tcfg.eval_every and step % tcfg.eval_every == 0):
+                epoch_end = loop["batch"] >= len(train_loader)
+                if epoch_end or (tcfg.eval_every and step % tcfg.eval_every == 0):
+                    running = loop["running"]
                     means = {k: float(np.mean([r[k] for r in running])) for k in running[0]}
-                    stop, running = evaluate(step, means), []
-                    if stop:
-                        break
-            if stop:
-                break
-    result.steps, result.train_time = step, time.perf_counter() - start
+                    loop["stop"], loop["running"] = evaluate(step, means), []
+                if snapshot_dir is not None and (epoch_end or loop["stop"]
+                                                 or (snapshot_every and step % snapshot_every == 0)):
+                    save_snapshot(epoch_start)
+                if loop["stop"]:
+                    break
+    result.steps, result.train_time = loop["step"], time.perf_counter() - start
     accelerator.free_memory()
     return result

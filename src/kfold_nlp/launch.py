@@ -1,0 +1,58 @@
+"""The folds of one run as parallel Hydra jobs, then one collect: ``make cv LAUNCHER=joblib|submitit_local|slurm``.
+
+The launching process prepares the run folder (data checks, ``folds.csv``, ``run_config.yaml``), starts a Hydra
+multirun with one job per unfinished fold (``cv.folds=[k]``), each writing ``fold_<k>/`` into that same folder
+(``output=<run folder>``, ``collect=false``), and collects once they are all finished. Hydra's launcher plugins do
+the scheduling: ``joblib`` (processes on this machine), ``submitit_local``, and ``slurm`` (a SLURM array through
+submitit, ``conf/hydra/launcher/slurm.yaml``). Each job's own Hydra folder is ``<run folder>/.jobs/<n>/``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import cv
+from .data import DataError
+
+DROPPED = ("launcher", "resume", "output", "collect", "cv.folds", "hydra.run.dir")  # set here for every job
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def job_command(cfg, run_dir: Path, overrides: list[str], folds: list[int]) -> list[str]:
+    """The multirun that trains ``folds``, one job each, into ``run_dir``."""
+    kept = [o for o in overrides if _key(o) not in DROPPED and not _key(o).startswith("hydra/launcher")]
+    return [sys.executable, "-m", "kfold_nlp", "-m", *kept, f"hydra/launcher={cfg.launcher}", f"output={run_dir}",
+            "collect=false", "cv.folds=" + ",".join(f"[{k}]" for k in folds), f"hydra.sweep.dir={run_dir / '.jobs'}"]
+
+
+def run(cfg, run_dir: Path, overrides: list[str]) -> dict:
+    """Prepare, train the unfinished folds as parallel jobs, collect; returns the metrics."""
+    import torch
+
+    started = time.perf_counter()
+    data = cv.prepare(cfg, run_dir, texts=False)
+    folds = cv.unfinished(run_dir, cv.expected_folds(cfg))
+    if folds:
+        env = os.environ | {"KFOLD_NLP_GPUS": str(torch.cuda.device_count())}  # a job picks GPU k mod n
+        subprocess.run(job_command(cfg, run_dir, overrides, folds), env=env)
+        missing = cv.unfinished(run_dir, folds)
+        if missing:
+            raise DataError(f"{run_dir}: fold job(s) {', '.join(map(str, missing))} did not finish (their logs: "
+                            f"{run_dir / '.jobs'}/<n>/run.log); rerun with RESUME={run_dir} to train only those")
+    return cv.finish(cfg, run_dir, data, str(cfg.name), {"wall_time_s": round(time.perf_counter() - started, 1),
+                                                         "processes": 1})
+
+
+def pick_gpu(cfg) -> None:
+    """In a fold job on a machine with several GPUs, fold k takes GPU k mod n (before CUDA starts)."""
+    n = int(os.environ.get("KFOLD_NLP_GPUS", "0"))
+    folds = cfg.cv.get("folds")
+    if n > 1 and folds is not None and len(folds) == 1:
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(folds[0] % n))

@@ -1,0 +1,39 @@
+"""Folds as parallel Hydra jobs (joblib, submitit) into one run folder, then one collect: the sequential run's result."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import read_metrics, run_cli, tiny_overrides
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_fold_jobs_give_the_sequential_result(launcher, tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(*tiny_overrides(tiny_run.parent / "data", run_dir, logger="offline"), f"launcher={launcher}")
+    oof, reference = pd.read_csv(run_dir / "oof.csv"), pd.read_csv(tiny_run / "oof.csv")
+    assert oof["id"].tolist() == reference["id"].tolist()
+    np.testing.assert_allclose(oof["pred"], reference["pred"], atol=1e-5)
+    assert read_metrics(run_dir)["cv"]["rmse"] == pytest.approx(read_metrics(tiny_run)["cv"]["rmse"], abs=1e-5)
+    assert sorted(p.name for p in (run_dir / ".jobs").iterdir() if p.name.isdigit()) == ["0", "1", "2"]
+    assert (run_dir / "submission.csv").exists() and not list(run_dir.glob("fold_*/snapshot"))
+
+
+def test_collect_rebuilds_a_run_and_names_the_unfinished_folds(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
+    for name in ("oof.csv", "metrics.json", "submission.csv"):
+        (run_dir / name).unlink()
+    run_cli(str(run_dir), module="kfold_nlp.collect")
+    for name in ("oof.csv", "submission.csv"):
+        assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes()
+    assert read_metrics(run_dir)["cv"]["rmse"] == read_metrics(tiny_run)["cv"]["rmse"]
+
+    (run_dir / "fold_2" / "result.json").unlink()
+    proc = run_cli(str(run_dir), module="kfold_nlp.collect", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == (f"error: {run_dir}: fold(s) 2 not finished (no fold_<k>/result.json); "
+                                   f"train them with RESUME={run_dir}")
