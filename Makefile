@@ -22,7 +22,7 @@ endif
 
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup cv collect predict test bench compare sweep hpo notebook ensemble clean
+.PHONY: help setup cv collect predict test bench race compare sweep hpo notebook ensemble clean
 
 help:  ## this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,9 @@ test: setup  ## the test suite (tiny random models, no network)
 
 bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU or GPU)
 	$(PY) -m kfold_nlp.bench $(ARGS)
+
+race: setup  ## this project's fold trainer vs HF Trainer vs a minimal loop, interleaved, fp32 and bf16 (MiniLM)
+	$(PY) -m kfold_nlp.race $(ARGS)
 
 clean:  ## remove run outputs and caches (keeps the virtual environment and data/)
 	rm -rf outputs/* multirun .pytest_cache

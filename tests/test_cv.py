@@ -162,3 +162,11 @@ def test_results_are_assembled_by_id_never_by_position(tiny_run, tmp_path):
     train.to_csv(data / "train.csv", index=False)
     proc = run_cli(*resume, check=False)
     assert proc.returncode == 2 and "folds.csv: ids differ from the train file" in proc.stderr
+
+
+def test_memory_per_fold_is_recorded_and_does_not_grow(tiny_run):
+    folds = read_metrics(tiny_run)["folds"]
+    rss = [folds[str(k)]["rss_mb"] for k in range(3)]
+    peaks = [folds[str(k)]["peak_rss_mb"] for k in range(3)]
+    assert all(r > 0 for r in rss) and peaks == sorted(peaks)
+    assert rss[2] - rss[0] < 100, rss  # a fold that leaked its model or state would add to the next

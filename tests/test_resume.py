@@ -31,9 +31,9 @@ def resume_overrides(data_dir: Path, run_dir: Path) -> list[str]:
 
 
 def untimed(tree):
-    """metrics.json without wall-clock fields, which no two runs share."""
+    """metrics.json without wall-clock and memory fields, which no two runs share."""
     if isinstance(tree, dict):
-        return {k: untimed(v) for k, v in tree.items() if not k.endswith("_time_s")}
+        return {k: untimed(v) for k, v in tree.items() if not k.endswith(("_time_s", "_mb"))}
     return tree
 
 
@@ -163,3 +163,26 @@ def test_killed_after_or_during_a_snapshot_resumes_mid_fold_to_the_same_results(
     log = (run_dir / "run.log").read_text()
     assert re.search(r"fold \d: continued from its snapshot at step [1-9]", log), log[-2000:]
     assert not list(run_dir.glob("fold_*/snapshot*"))  # removed once each fold finished
+
+
+def test_resuming_after_a_failed_fold_replaces_its_wandb_run(tiny_run, tmp_path):
+    """Fold 1 killed mid-way (its W&B run left unfinished), then the run resumed twice (the second time finished):
+    still one W&B run per fold and one ``-cv`` run, not one more per attempt."""
+    from conftest import wandb_runs
+
+    data, run_dir = tiny_run.parent / "data", tmp_path / "run"
+    overrides = tiny_overrides(data, run_dir, logger="offline")
+    proc = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    seen = b""
+    while b"fold 1:" not in seen:
+        chunk = proc.stderr.read1(65536)
+        assert chunk, seen.decode()[-2000:]
+        seen += chunk
+    proc.kill()
+    proc.wait()
+    resume = [o for o in overrides if not o.startswith("hydra.run.dir=")] + [f"resume={run_dir}"]
+    run_cli(*resume)
+    run_cli(*resume)  # resuming a finished run
+    names = sorted(r["name"] for r in wandb_runs(run_dir))
+    assert names == ["baseline-cv", "baseline-fold0", "baseline-fold1", "baseline-fold2"], names

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -150,6 +151,18 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
     return Prepared(train, test, folds, tokenizer, enc, test_enc, distiller)
 
 
+def memory_mb() -> dict:
+    """This process's resident memory now and at its peak so far (MiB): a fold that leaks makes the next one grow."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        now = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        now = float("nan")
+    return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
+
+
 def build_fold_model(cfg: DictConfig, fold: int, rank: int = 0):
     """The task, model and regularizer of fold ``fold``, seeded so that every DDP rank starts from the same weights
     (and Mixout from the same pretrained targets), then each rank draws its own dropout masks; rank 0 keeps the
@@ -192,7 +205,7 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             wb.summary.update({"resumed_from_step": res.resumed_from})
         model.load_state_dict(res.best_state)
         result = {"mse": res.best_mse, "rmse": res.best_rmse, "best_step": res.best_step, "steps": res.steps,
-                  "train_time_s": round(res.train_time, 2)}
+                  "train_time_s": round(res.train_time, 2), **memory_mb()}
         wb.summary.update({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse, "best/step": res.best_step})
         if data.test is not None:
             rows = EncodedRows(data.test_enc, np.arange(len(data.test)))

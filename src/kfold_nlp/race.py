@@ -1,0 +1,171 @@
+"""The race: this project's fold trainer against Hugging Face ``Trainer`` and a minimal hand-written loop.
+
+``python -m kfold_nlp.race [--rows 320 --rounds 2 --precision fp32 bf16 --model minilm]`` (``make race``). The three
+train the same model on the same rows, batch size, max length and precision:
+
+- ``project``: ``trainer.train_fold`` with the project's defaults (length-grouped dynamic padding, exact
+  accumulation, clipping, best-state keeping), evaluation only at the epoch's end on a 16-row validation set;
+- ``hf_trainer``: ``transformers.Trainer`` with its default collator (dynamic padding) and random sampling;
+- ``minimal``: forward, MSE, backward, AdamW step on the project's own batches: the floor of what any framework
+  can cost on them.
+
+Round 0 warms every contestant up (each padded length's kernels, allocator) and is not timed; then the timed rounds
+go round-robin over the contestants, so noise from the machine hits them alike. Samples/s = rows / wall time of a
+whole pass. A report, not a test: it exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+import kfold_nlp  # noqa: F401  (the ${minilm_path:} resolver)
+from kfold_nlp.cv import build_fold_model
+from kfold_nlp.model import load_tokenizer, tokenize
+from kfold_nlp.paths import CONFIG_DIR
+from kfold_nlp.trainer import EncodedRows, make_accelerator, make_loader, train_fold
+
+CONTESTANTS = ("project", "hf_trainer", "minimal")
+
+
+def config(model: str, precision: str, batch_size: int, max_length: int):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("config", [f"model={model}", "name=race", f"trainer.precision={precision}",
+                                  f"trainer.batch_size={batch_size}", f"model.max_length={max_length}",
+                                  "trainer.epochs=1", "trainer.eval_every=null", "trainer.patience=null",
+                                  "trainer.save_models=false", "logger.mode=disabled"])
+
+
+def reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def run_project(cfg, enc, targets, tokenizer) -> float:
+    reset_accelerate()
+    accelerator = make_accelerator(cfg.trainer)
+    task, model, regularizer = build_fold_model(cfg, fold=0)
+    n = len(targets) - 16
+    train = make_loader(EncodedRows(enc, np.arange(n), targets), tokenizer, cfg.trainer.batch_size, True, seed=0)
+    val = make_loader(EncodedRows(enc, np.arange(n, n + 16), targets), tokenizer, 64, False)
+    start = time.perf_counter()
+    train_fold(model, regularizer, train, val, targets[n:], cfg, accelerator, task=task)
+    return n / (time.perf_counter() - start)
+
+
+def run_minimal(cfg, enc, targets, tokenizer) -> float:
+    reset_accelerate()
+    _, model, _ = build_fold_model(cfg, fold=0)
+    n = len(targets) - 16
+    batches = list(make_loader(EncodedRows(enc, np.arange(n), targets), tokenizer, cfg.trainer.batch_size, True,
+                               seed=0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, fused=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16")
+    model.train()
+    start = time.perf_counter()
+    for batch in batches:
+        with autocast:
+            pred = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = F.mse_loss(pred.float(), batch["target"].float())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return n / (time.perf_counter() - start)
+
+
+class _WithLoss(torch.nn.Module):
+    """What ``Trainer`` expects of a model: ``labels`` in, ``loss`` out."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels=None, **kwargs):
+        pred = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return {"loss": F.mse_loss(pred.float(), labels.float()), "logits": pred}
+
+
+def run_hf_trainer(cfg, enc, targets, tokenizer, out_dir: str) -> float:
+    from transformers import Trainer, TrainingArguments
+
+    reset_accelerate()
+    _, model, _ = build_fold_model(cfg, fold=0)
+    n = len(targets) - 16
+    rows = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
+             "labels": float(targets[i])} for i in range(n)]
+    args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=cfg.trainer.batch_size,
+                             num_train_epochs=1, learning_rate=cfg.optimizer.lr, bf16=cfg.trainer.precision == "bf16",
+                             use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no",
+                             logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    trainer = Trainer(model=_WithLoss(model), args=args, train_dataset=rows, processing_class=tokenizer)
+    start = time.perf_counter()
+    trainer.train()
+    return n / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=336, help="training rows (+16 validation rows for the project)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds after the warm-up round")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--data", default="../shared/data/commonlit/train.csv")
+    args = parser.parse_args(argv)
+
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    if Path(args.data).is_file():
+        table = pd.read_csv(args.data).sample(args.rows + 16, random_state=0)
+        texts, targets = table["excerpt"].tolist(), table["target"].to_numpy(float)
+    else:
+        from kfold_nlp.data import make_synthetic
+
+        train, _ = make_synthetic(tempfile.mkdtemp(), n_train=args.rows + 16, n_test=0)
+        table = pd.read_csv(train)
+        texts, targets = table["excerpt"].tolist(), table["target"].to_numpy(float)
+    print(f"race: {args.model}, {args.rows} rows, batch {args.batch_size}, max_length {args.max_length}, "
+          f"{torch.get_num_threads()} threads, {args.rounds} timed rounds after one warm-up round")
+    results = {}
+    for precision in args.precision:
+        cfg = config(args.model, precision, args.batch_size, args.max_length)
+        tokenizer = load_tokenizer(cfg.model)
+        enc = tokenize(tokenizer, texts, args.max_length)
+        runners = {"project": lambda: run_project(cfg, enc, targets, tokenizer),
+                   "hf_trainer": lambda: run_hf_trainer(cfg, enc, targets, tokenizer, tempfile.mkdtemp()),
+                   "minimal": lambda: run_minimal(cfg, enc, targets, tokenizer)}
+        for round_ in range(args.rounds + 1):
+            for name in CONTESTANTS:
+                speed = runners[name]()
+                if round_:
+                    results.setdefault((precision, name), []).append(speed)
+                print(f"  {precision} round {round_}{' (warm-up)' if not round_ else ''} {name}: {speed:.2f} samples/s",
+                      flush=True)
+    print(f"\n| precision | contestant | samples/s (median of {args.rounds}) | vs Trainer | vs minimal |")
+    print("|---|---|---:|---:|---:|")
+    for precision in args.precision:
+        med = {n: statistics.median(results[(precision, n)]) for n in CONTESTANTS}
+        for name in CONTESTANTS:
+            print(f"| {precision} | {name} | {med[name]:.2f} | {med[name] / med['hf_trainer']:.2f}x | "
+                  f"{med[name] / med['minimal']:.2f}x |")
+    if {"fp32", "bf16"} <= set(args.precision):
+        base = statistics.median(results[("fp32", "hf_trainer")])
+        print(f"\nproject bf16 vs Trainer's fp32 default: "
+              f"{statistics.median(results[('bf16', 'project')]) / base:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
