@@ -57,8 +57,8 @@ clean:  ## remove run outputs and caches (keeps the virtual environment and data
 	rm -rf outputs/* multirun .pytest_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
-compare: setup  ## the five regularizers on the same folds, one Hydra multirun -> outputs/compare/<time>/table.md
-	$(PY) -m kfold_nlp -m experiment=baseline,msd,mixout,rdrop,no_dropout $(if $(DATA),data=$(DATA)) \
+compare: setup  ## every regularizer of conf/regularizer/ on the same folds, one Hydra multirun -> outputs/compare/<time>/table.md
+	$(PY) -m kfold_nlp -m 'regularizer=glob(*)' $(if $(DATA),data=$(DATA)) \
 	    hydra.sweep.dir=outputs/compare/$(TS) $(ARGS); \
 	status=$$?; $(PY) -m kfold_nlp.summary compare outputs/compare/$(TS) && exit $$status
 

@@ -186,3 +186,22 @@ def test_resuming_after_a_failed_fold_replaces_its_wandb_run(tiny_run, tmp_path)
     run_cli(*resume)  # resuming a finished run
     names = sorted(r["name"] for r in wandb_runs(run_dir))
     assert names == ["baseline-cv", "baseline-fold0", "baseline-fold1", "baseline-fold2"], names
+
+
+def test_a_fold_continued_from_its_snapshot_continues_its_wandb_run(tiny_run, tmp_path):
+    data, run_dir = tiny_run.parent / "data", tmp_path / "run"
+    overrides = [*tiny_overrides(data, run_dir, logger="offline"), "trainer.snapshot_every=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while not (run_dir / "fold_1" / "snapshot" / "state.json").exists():
+            assert proc.poll() is None, "the run ended before fold 1 had a snapshot"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    recorded = json.loads((run_dir / "fold_1" / "snapshot" / "state.json").read_text())["wandb_id"]
+    run_cli(*[o for o in overrides if not o.startswith("hydra.run.dir=")], f"resume={run_dir}")
+    fold1 = [p.name for p in (run_dir / "wandb").glob("offline-run-*") if "fold1" in p.name]
+    assert len(fold1) == 2 and all(name.endswith(recorded) for name in fold1)  # two attempts, one W&B run id

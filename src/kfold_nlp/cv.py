@@ -182,9 +182,10 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
     """Train fold ``fold`` and write ``fold_<k>/``: model, OOF and test predictions, then ``result.json``."""
     fdir, targets, workers = fold_dir(run_dir, fold), data.targets, cfg.trainer.num_workers
     tr, va = np.flatnonzero(data.folds != fold), np.flatnonzero(data.folds == fold)
-    resuming = snapshot.latest(fdir) is not None
+    saved = snapshot.latest(fdir)  # a fold continuing from its snapshot continues its W&B run too
+    wandb_id = read_json(saved / "state.json").get("wandb_id") if saved is not None else None
     with tracking.wandb_run(cfg, run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
-                            resume=resuming) as wb:
+                            run_id=wandb_id) as wb:
         task, model, regularizer = build_fold_model(cfg, fold, accelerator.process_index)
         train_rows = EncodedRows(data.enc, tr, targets, {c: data.train[c].to_numpy() for c in task.columns})
         if data.distill is not None:  # soft targets and pseudo-labels, from the teacher's fold-k model only
@@ -199,7 +200,7 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             log.debug("fold %d step %d: %s", fold, step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
         res = train_fold(model, regularizer, train_loader, val_loader, targets[va], cfg, accelerator,
-                         log=log_eval, fold=fold, task=task, snapshot_dir=fdir)
+                         log=log_eval, fold=fold, task=task, snapshot_dir=fdir, extra_state={"wandb_id": wb.id})
         if res.resumed_from is not None:
             log.info("fold %d: continued from its snapshot at step %d", fold, res.resumed_from)
             wb.summary.update({"resumed_from_step": res.resumed_from})

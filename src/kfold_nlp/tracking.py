@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +29,8 @@ def group_name(cfg, job: dict) -> str:
 class NullRun:
     """Stands in for a W&B run when nothing is logged (``logger.mode=disabled``, or a rank other than 0)."""
 
+    id = None
+
     def __init__(self):
         self.summary = {}
 
@@ -37,32 +41,44 @@ class NullRun:
         pass
 
 
-def run_id(run_dir, name: str) -> str:
-    """The same W&B id every time this run folder logs this run (a fold, or the CV summary)."""
+def id_stem(run_dir, name: str) -> str:
+    """What every W&B id of this run folder's run ``name`` (a fold, or the CV summary) starts with."""
     digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:10]
     return f"{re.sub(r'[^A-Za-z0-9_-]', '-', name)[:40]}-{digest}"
 
 
+def _init(wandb, **kwargs):
+    """``wandb.init``, waiting while the service of a just-killed process still holds the run id (seconds)."""
+    for attempt in range(60):
+        try:
+            return wandb.init(**kwargs)
+        except Exception as err:  # noqa: BLE001  (wandb raises its own ServerResponseError)
+            if "in use" not in str(err) or attempt == 59:
+                raise
+            time.sleep(0.5)
+
+
 @contextmanager
-def wandb_run(cfg, *, run_dir, group: str, name: str, job_type: str, tags=(), resume: bool = False):
+def wandb_run(cfg, *, run_dir, group: str, name: str, job_type: str, tags=(), run_id: str | None = None):
     """A W&B run that is finished on every path out: exit code 1 when the block raised.
 
-    Its id is fixed by the run folder and the run's name. ``resume=True`` (a fold continuing from its snapshot)
-    continues that W&B run; otherwise a fold retried after a failure, or a resumed run's ``-cv`` run, replaces its
-    earlier W&B run instead of adding one beside it (offline: the earlier attempt's files are removed).
+    ``run_id`` (a fold continuing from its snapshot, which recorded it) continues that W&B run. Otherwise the run
+    gets a new id that starts with ``id_stem(run_dir, name)``, and offline the files of an earlier attempt with that
+    stem (a fold retried after a failure, a resumed run's ``-cv`` run) are removed: replaced, not added beside it.
     """
     if cfg.logger.mode == "disabled" or int(os.environ.get("RANK", 0)) != 0:  # under DDP only rank 0 logs
         run = NullRun()
     else:
         import wandb
 
-        rid = run_id(run_dir, name)
-        if cfg.logger.mode == "offline" and not resume:
-            for old in Path(run_dir, "wandb").glob(f"offline-run-*-{rid}"):
+        stem = id_stem(run_dir, name)
+        if run_id is None and cfg.logger.mode == "offline":
+            for old in Path(run_dir, "wandb").glob(f"offline-run-*-{stem}*"):
                 shutil.rmtree(old, ignore_errors=True)
-        run = wandb.init(
-            id=rid,
-            resume="allow" if resume or cfg.logger.mode == "online" else None,
+        run = _init(
+            wandb,
+            id=run_id or f"{stem}-{secrets.token_hex(3)}",
+            resume="allow" if run_id else None,
             project=cfg.logger.project,
             entity=cfg.logger.entity,
             mode=cfg.logger.mode,

@@ -164,12 +164,14 @@ def optimizer_step(model, regularizer, group: list[dict], optimizer, accelerator
 
 
 def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, accelerator,
-               log=lambda metrics, step: None, fold=0, task: Task | None = None, snapshot_dir=None):
+               log=lambda metrics, step: None, fold=0, task: Task | None = None, snapshot_dir=None,
+               extra_state: dict | None = None):
     """Train one fold and keep the weights of the best validation MSE (in memory; the caller saves them).
 
     ``task`` (set up on ``model``) gives the loss; default: MSE on the target. With ``snapshot_dir`` (the fold's
     folder) the whole training state is saved every ``trainer.snapshot_every`` optimizer steps and at each epoch's
     end, and a snapshot found there is continued from, mid-epoch: the steps before it are not trained again.
+    ``extra_state`` (JSON) is saved with every snapshot (the fold's W&B run id).
 
     Raises ``Diverged`` at the first non-finite training loss or validation MSE.
     """
@@ -206,8 +208,9 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
         if accelerator.is_main_process:
             snapshot.save(snapshot_dir, model_state=accelerator.unwrap_model(model).state_dict(), optimizer=optimizer,
                           scheduler=scheduler, best_state=result.best_state, best_pred=result.val_pred,
-                          state=loop | {"best_mse": result.best_mse, "best_step": result.best_step,
-                                        "history": result.history},
+                          state=loop | (extra_state or {}) | {"best_mse": result.best_mse,
+                                                              "best_step": result.best_step,
+                                                              "history": result.history},
                           sampler_state=epoch_start_state)
         accelerator.wait_for_everyone()
 
