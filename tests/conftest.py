@@ -57,7 +57,7 @@ def wandb_runs(run_dir: Path) -> list[dict]:
         info = json.loads(out.stdout)
         out = subprocess.run([wandb, "leet", "inspect", "--json", str(path)], capture_output=True, text=True, check=True)
         records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-        run = next(r["run"] for r in records if r["type"] == "run")
+        run = next((r["run"] for r in records if r["type"] == "run"), {})  # a killed run may have none
         info |= {"group": run.get("run_group"), "job_type": run.get("job_type"),
                  "history": [r["history"]["item"] for r in records if r["type"] == "history"]}
         runs.append(info)

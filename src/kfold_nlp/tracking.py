@@ -6,17 +6,18 @@ Offline by default (``logger.mode``): the files land in ``<run folder>/wandb/`` 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
 import shutil
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 os.environ.setdefault("WANDB_SILENT", "true")
+log = logging.getLogger(__name__)
 
 
 def group_name(cfg, job: dict) -> str:
@@ -47,15 +48,22 @@ def id_stem(run_dir, name: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_-]', '-', name)[:40]}-{digest}"
 
 
-def _init(wandb, **kwargs):
-    """``wandb.init``, waiting while the service of a just-killed process still holds the run id (seconds)."""
-    for attempt in range(60):
+def _init(wandb, stem: str, run_id: str | None, **kwargs):
+    """``wandb.init`` under ``run_id`` (continuing that run) or a new id; when the W&B service still holds
+    ``run_id`` for the process that was just killed ("run ID ... is in use"), a new run that records
+    ``continues_run_id`` instead (wandb 0.31 keeps the stream for a while after its process died)."""
+    if run_id is not None:
         try:
-            return wandb.init(**kwargs)
+            return wandb.init(id=run_id, resume="allow", **kwargs)
         except Exception as err:  # noqa: BLE001  (wandb raises its own ServerResponseError)
-            if "in use" not in str(err) or attempt == 59:
+            if "in use" not in str(err):
                 raise
-            time.sleep(0.5)
+            log.warning("W&B run %s is still held by the killed process; logging to a new run that continues it",
+                        run_id)
+            run = wandb.init(id=f"{stem}-{secrets.token_hex(3)}", **kwargs)
+            run.summary["continues_run_id"] = run_id
+            return run
+    return wandb.init(id=f"{stem}-{secrets.token_hex(3)}", **kwargs)
 
 
 @contextmanager
@@ -76,9 +84,7 @@ def wandb_run(cfg, *, run_dir, group: str, name: str, job_type: str, tags=(), ru
             for old in Path(run_dir, "wandb").glob(f"offline-run-*-{stem}*"):
                 shutil.rmtree(old, ignore_errors=True)
         run = _init(
-            wandb,
-            id=run_id or f"{stem}-{secrets.token_hex(3)}",
-            resume="allow" if run_id else None,
+            wandb, stem, run_id,
             project=cfg.logger.project,
             entity=cfg.logger.entity,
             mode=cfg.logger.mode,
