@@ -115,7 +115,9 @@ def test_a_bad_csv_leaves_no_stub_folder(tmp_path):
 def test_ctrl_c_ends_with_one_line_naming_the_folder_and_the_resume_command(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *tiny_overrides(tiny_run.parent / "data", run_dir)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            # a shell's background job ignores SIGINT, and children inherit that: not a terminal's Ctrl-C
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = b""
     while b"fold 1:" not in seen:
         chunk = proc.stderr.read1(65536)
