@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,8 @@ from kfold_nlp.optim import build_optimizer, weight_penalty
 from kfold_nlp.regularizers import Regularizer
 from kfold_nlp.tasks import Task
 from kfold_nlp.trainer import (
-    Diverged, EncodedRows, make_accelerator, make_loader, micro_batch_groups, optimizer_step, train_fold,
+    Diverged, EncodedRows, eval_points, make_accelerator, make_loader, micro_batch_groups, optimizer_step,
+    train_fold,
 )
 
 LR = 0.05
@@ -31,6 +34,7 @@ def config(*overrides: str):
         return compose("config", [
             "model=tiny", "model.head_dropout=0", "model.backbone_dropout=0", "optimizer=sgd", f"optimizer.lr={LR}",
             "scheduler=linear", "scheduler.warmup=0", "trainer.precision=fp32", "trainer.eval_every=null",
+            "trainer.evals_per_epoch=1",
             "trainer.patience=null", "trainer.max_grad_norm=null", *overrides])
 
 
@@ -134,3 +138,45 @@ def fit_fold_of(n_rows: int, batch_size: int, *overrides: str, fold: int = 0):
                       make_loader(rows, tokenizer, 16, train=False), TARGETS[:n_rows], cfg,
                       make_accelerator(cfg.trainer), fold=fold)
 
+
+
+@pytest.mark.parametrize("evals", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("steps_per_epoch", [1, 2, 5, 13, 114])
+def test_evaluations_per_epoch_are_evenly_spaced_and_end_the_epoch(steps_per_epoch, evals):
+    points = sorted(eval_points(steps_per_epoch, None, evals))
+    assert points[-1] == steps_per_epoch and points[0] >= 1
+    assert len(points) == min(evals, steps_per_epoch)
+    gaps = np.diff([0, *points])
+    assert gaps.max() - gaps.min() <= 1, points
+    assert eval_points(steps_per_epoch, 10, evals) is None  # eval_every, when set, decides
+
+
+@pytest.mark.parametrize("overrides,steps", [(("trainer.evals_per_epoch=2",), [3, 6, 9, 12]),
+                                             (("trainer.evals_per_epoch=1",), [6, 12]),
+                                             (("trainer.eval_every=4",), [4, 6, 8, 12])])
+def test_the_fold_evaluates_at_the_scheduled_steps_and_times_it(overrides, steps):
+    """12 rows, batch 2: 6 steps per epoch, 2 epochs."""
+    _, result, logged = fit(12, 2, 1, *overrides)
+    assert [step for step, _ in logged] == steps == [h["step"] for h in result.history]
+    assert 0 < result.eval_time < result.train_time and 0 < result.keep_time < result.train_time
+
+
+def test_keep_freed_memory_stops_the_page_faults_of_reallocating_a_big_tensor():
+    """A 64 MiB tensor freed and allocated again: glibc unmaps it and the kernel faults in 16k fresh pages each
+    time; with the setting the memory stays in the process and is reused."""
+    import subprocess
+    import sys
+
+    script = ("import resource, torch\nfrom kfold_nlp.trainer import keep_freed_memory\nprint(keep_freed_memory())\n"
+              "torch.ones(2**24)\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+              "for _ in range(4): torch.ones(2**24)\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
+    faults = {}
+    for keep in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                             env=os.environ | {"KFOLD_NLP_KEEP_FREED_MEMORY": keep}).stdout.split()
+        assert out[0] == ("True" if keep == "1" else "False")
+        faults[keep] = int(out[1])
+    if faults["0"] < 4 * 2**14 / 2:
+        pytest.skip(f"this kernel backs the allocations with huge pages already ({faults['0']} faults)")
+    assert faults["1"] < faults["0"] / 20, faults

@@ -206,7 +206,9 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             wb.summary.update({"resumed_from_step": res.resumed_from})
         model.load_state_dict(res.best_state)
         result = {"mse": res.best_mse, "rmse": res.best_rmse, "best_step": res.best_step, "steps": res.steps,
-                  "train_time_s": round(res.train_time, 2), **memory_mb()}
+                  "train_time_s": round(res.train_time, 2), "eval_time_s": round(res.eval_time, 2),
+                  "keep_best_time_s": round(res.keep_time, 2), "snapshot_time_s": round(res.snapshot_time, 2),
+                  **memory_mb()}
         wb.summary.update({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse, "best/step": res.best_step})
         if data.test is not None:
             rows = EncodedRows(data.test_enc, np.arange(len(data.test)))
@@ -224,8 +226,9 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             write_json(result, fdir / "result.json")  # last: marks the fold finished
             if not cfg.trainer.keep_snapshot:
                 snapshot.remove(fdir)
-    log.info("fold %d: val RMSE %.4f (MSE %.4f) at step %d of %d, %.0f s", fold, result["rmse"], result["mse"],
-             result["best_step"], result["steps"], result["train_time_s"])
+    log.info("fold %d: val RMSE %.4f (MSE %.4f) at step %d of %d, %.0f s (evaluation %.0f%%, peak RSS %.0f MiB)",
+             fold, result["rmse"], result["mse"], result["best_step"], result["steps"], result["train_time_s"],
+             100 * result["eval_time_s"] / max(result["train_time_s"], 1e-9), result["peak_rss_mb"])
     return result
 
 
@@ -244,6 +247,7 @@ def cv_metrics(oof: pd.DataFrame, fold_results: dict[int, dict], mean_rmse: floa
             "mean_predictor_rmse": mean_rmse,
             "n_rows": len(oof),
             "train_time_s": float(sum(r["train_time_s"] for r in fold_results.values())),
+            "eval_time_s": float(sum(r.get("eval_time_s", 0.0) for r in fold_results.values())),
         },
         "folds": {str(k): v for k, v in fold_results.items()},
     }

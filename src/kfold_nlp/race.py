@@ -1,24 +1,35 @@
 """The race: this project's fold trainer against Hugging Face ``Trainer`` and a minimal hand-written loop.
 
-``python -m kfold_nlp.race [--rows 320 --rounds 2 --precision fp32 bf16 --model minilm]`` (``make race``). The three
+``python -m kfold_nlp.race [--rows 224 --rounds 2 --precision fp32 bf16 --model minilm]`` (``make race``). All
 train the same model on the same rows, batch size, max length and precision:
 
 - ``project``: ``trainer.train_fold`` with the project's defaults (length-grouped dynamic padding, exact
-  accumulation, clipping, best-state keeping), evaluation only at the epoch's end on a 16-row validation set;
+  accumulation, clipping, best-state keeping, the process's allocator setting), evaluation only at the epoch's end
+  on a 16-row validation set;
 - ``hf_trainer``: ``transformers.Trainer`` with its default collator (dynamic padding) and random sampling;
-- ``minimal``: forward, MSE, backward, AdamW step on the project's own batches: the floor of what any framework
-  can cost on them.
+- ``minimal``: forward, MSE, backward, fused AdamW step on the project's own batches, in a plain process: the floor
+  of what a hand-written loop costs;
+- ``minimal_kept``: the same loop after ``trainer.keep_freed_memory()``, the project's process setting: the floor
+  the project's own loop is measured against.
 
-Round 0 warms every contestant up (each padded length's kernels, allocator) and is not timed; then the timed rounds
-go round-robin over the contestants, so noise from the machine hits them alike. Samples/s = rows / wall time of a
-whole pass. A report, not a test: it exits 0.
+Each contestant runs in a fresh process (so one's process settings never help another), trains one untimed
+pass (each padded length's kernels, the allocator) and then the timed pass; the rounds go round-robin over the
+contestants, so noise from the machine hits them alike. Samples/s = rows / wall time of the timed pass.
+``--profile`` prints instead the top operators of the project's training steps (``torch.profiler``) in a plain
+process and with the allocator setting. A report, not a test: it exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,9 +40,9 @@ import kfold_nlp  # noqa: F401  (the ${minilm_path:} resolver)
 from kfold_nlp.cv import build_fold_model
 from kfold_nlp.model import load_tokenizer, tokenize
 from kfold_nlp.paths import CONFIG_DIR
-from kfold_nlp.trainer import EncodedRows, make_accelerator, make_loader, train_fold
+from kfold_nlp.trainer import EncodedRows, keep_freed_memory, make_accelerator, make_loader, train_fold
 
-CONTESTANTS = ("project", "hf_trainer", "minimal")
+CONTESTANTS = ("project", "hf_trainer", "minimal", "minimal_kept")
 
 
 def config(model: str, precision: str, batch_size: int, max_length: int):
@@ -61,7 +72,9 @@ def run_project(cfg, enc, targets, tokenizer) -> float:
     return n / (time.perf_counter() - start)
 
 
-def run_minimal(cfg, enc, targets, tokenizer) -> float:
+def run_minimal(cfg, enc, targets, tokenizer, kept: bool = False) -> float:
+    if kept:
+        keep_freed_memory()
     reset_accelerate()
     _, model, _ = build_fold_model(cfg, fold=0)
     n = len(targets) - 16
@@ -111,55 +124,108 @@ def run_hf_trainer(cfg, enc, targets, tokenizer, out_dir: str) -> float:
     return n / (time.perf_counter() - start)
 
 
+def load_rows(path: str, n: int) -> tuple[list[str], np.ndarray]:
+    """``n`` CommonLit rows when the file exists, else the generated CommonLit-like set."""
+    import pandas as pd
+
+    if Path(path).is_file():
+        table = pd.read_csv(path).sample(n, random_state=0)
+    else:
+        from kfold_nlp.data import make_synthetic
+
+        train, _ = make_synthetic(tempfile.mkdtemp(), n_train=n, n_test=0)
+        table = pd.read_csv(train)
+    return table["excerpt"].tolist(), table["target"].to_numpy(float)
+
+
+def run_one(args) -> float:
+    """One contestant in this process: an untimed pass, then the timed one; returns its samples/s."""
+    cfg = config(args.model, args.precision[0], args.batch_size, args.max_length)
+    texts, targets = load_rows(args.data, args.rows + 16)
+    tokenizer = load_tokenizer(cfg.model)
+    enc = tokenize(tokenizer, texts, args.max_length)
+    runner = {"project": lambda: run_project(cfg, enc, targets, tokenizer),
+              "hf_trainer": lambda: run_hf_trainer(cfg, enc, targets, tokenizer, tempfile.mkdtemp()),
+              "minimal": lambda: run_minimal(cfg, enc, targets, tokenizer),
+              "minimal_kept": lambda: run_minimal(cfg, enc, targets, tokenizer, kept=True)}[args.one]
+    runner()
+    return runner()
+
+
+def profile(args) -> None:
+    """The project's training steps under ``torch.profiler`` (after an untimed pass): top operators by self time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cfg = config(args.model, args.precision[0], args.batch_size, args.max_length)
+    texts, targets = load_rows(args.data, args.rows + 16)
+    tokenizer = load_tokenizer(cfg.model)
+    enc = tokenize(tokenizer, texts, args.max_length)
+    run_project(cfg, enc, targets, tokenizer)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        speed = run_project(cfg, enc, targets, tokenizer)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+    print(f"{speed:.2f} samples/s under the profiler")
+
+
+def spawn(args, name: str, precision: str, plain: bool = False, extra: tuple = ()) -> str:
+    """Runs ``--one name`` (or ``--profile``) in a fresh process; returns its stdout."""
+    command = [sys.executable, "-m", "kfold_nlp.race", "--precision", precision, "--rows", str(args.rows),
+               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
+               "--data", args.data, *extra]
+    if name:
+        command += ["--one", name]
+    env = os.environ | ({"KFOLD_NLP_KEEP_FREED_MEMORY": "0"} if plain else {})
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"race: {name or 'profile'} ({precision}) failed:\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=336, help="training rows (+16 validation rows for the project)")
-    parser.add_argument("--rounds", type=int, default=2, help="timed rounds after the warm-up round")
+    parser.add_argument("--rows", type=int, default=224, help="training rows (+16 validation rows for the project)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds (each contestant once per round)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data", default="../shared/data/commonlit/train.csv")
+    parser.add_argument("--profile", action="store_true", help="top operators of the project's steps instead")
+    parser.add_argument("--one", choices=CONTESTANTS, help=argparse.SUPPRESS)  # one contestant, in this process
     args = parser.parse_args(argv)
 
-    import tempfile
-    from pathlib import Path
-
-    import pandas as pd
-
-    if Path(args.data).is_file():
-        table = pd.read_csv(args.data).sample(args.rows + 16, random_state=0)
-        texts, targets = table["excerpt"].tolist(), table["target"].to_numpy(float)
-    else:
-        from kfold_nlp.data import make_synthetic
-
-        train, _ = make_synthetic(tempfile.mkdtemp(), n_train=args.rows + 16, n_test=0)
-        table = pd.read_csv(train)
-        texts, targets = table["excerpt"].tolist(), table["target"].to_numpy(float)
-    print(f"race: {args.model}, {args.rows} rows, batch {args.batch_size}, max_length {args.max_length}, "
-          f"{torch.get_num_threads()} threads, {args.rounds} timed rounds after one warm-up round")
+    if args.one or (args.profile and os.environ.get("KFOLD_NLP_RACE_CHILD")):
+        if args.one:
+            print(json.dumps({"samples_per_s": run_one(args)}))
+        else:
+            profile(args)
+        return 0
+    print(f"race: {args.model}, {args.rows} rows = {args.rows // args.batch_size} steps of batch {args.batch_size}, "
+          f"max_length {args.max_length}, {torch.get_num_threads()} threads, {args.rounds} timed rounds, each "
+          f"contestant in a fresh process after one untimed pass")
+    if args.profile:
+        os.environ["KFOLD_NLP_RACE_CHILD"] = "1"
+        for precision in args.precision:
+            for plain in (True, False):
+                print(f"\n## project, {precision}, {'glibc default' if plain else 'keep_freed_memory'}")
+                print(spawn(args, "", precision, plain, ("--profile",)), flush=True)
+        return 0
     results = {}
-    for precision in args.precision:
-        cfg = config(args.model, precision, args.batch_size, args.max_length)
-        tokenizer = load_tokenizer(cfg.model)
-        enc = tokenize(tokenizer, texts, args.max_length)
-        runners = {"project": lambda: run_project(cfg, enc, targets, tokenizer),
-                   "hf_trainer": lambda: run_hf_trainer(cfg, enc, targets, tokenizer, tempfile.mkdtemp()),
-                   "minimal": lambda: run_minimal(cfg, enc, targets, tokenizer)}
-        for round_ in range(args.rounds + 1):
+    for round_ in range(1, args.rounds + 1):
+        for precision in args.precision:
             for name in CONTESTANTS:
-                speed = runners[name]()
-                if round_:
-                    results.setdefault((precision, name), []).append(speed)
-                print(f"  {precision} round {round_}{' (warm-up)' if not round_ else ''} {name}: {speed:.2f} samples/s",
-                      flush=True)
-    print(f"\n| precision | contestant | samples/s (median of {args.rounds}) | vs Trainer | vs minimal |")
-    print("|---|---|---:|---:|---:|")
+                speed = json.loads(spawn(args, name, precision).splitlines()[-1])["samples_per_s"]
+                results.setdefault((precision, name), []).append(speed)
+                print(f"  round {round_} {precision} {name}: {speed:.2f} samples/s", flush=True)
+    print(f"\n| precision | contestant | samples/s (median of {args.rounds}) | vs Trainer | vs minimal | "
+          f"vs minimal_kept |")
+    print("|---|---|---:|---:|---:|---:|")
     for precision in args.precision:
         med = {n: statistics.median(results[(precision, n)]) for n in CONTESTANTS}
         for name in CONTESTANTS:
             print(f"| {precision} | {name} | {med[name]:.2f} | {med[name] / med['hf_trainer']:.2f}x | "
-                  f"{med[name] / med['minimal']:.2f}x |")
+                  f"{med[name] / med['minimal']:.2f}x | {med[name] / med['minimal_kept']:.2f}x |")
     if {"fp32", "bf16"} <= set(args.precision):
         base = statistics.median(results[("fp32", "hf_trainer")])
         print(f"\nproject bf16 vs Trainer's fp32 default: "

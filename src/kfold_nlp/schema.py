@@ -134,6 +134,7 @@ RULES: dict[str, Rule] = {
     "trainer.penalty_weight": Rule(float, ge=0),
     "trainer.precision": Rule(str, choices=("fp32", "bf16", "fp16")),
     "trainer.eval_every": Rule(int, ge=1, optional=True),
+    "trainer.evals_per_epoch": Rule(int, ge=1),
     "trainer.patience": Rule(int, ge=1, optional=True),
     "trainer.save_models": Rule(bool),
     "trainer.num_workers": Rule(int, ge=0),
