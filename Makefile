@@ -50,7 +50,7 @@ test: setup  ## the test suite (tiny random models, no network)
 bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU or GPU)
 	$(PY) -m kfold_nlp.bench $(ARGS)
 
-race: setup  ## this project's fold trainer vs HF Trainer vs a minimal loop, interleaved, fp32 and bf16 (MiniLM)
+race: setup  ## this project's fold trainer vs HF Trainer vs a minimal loop, each in a fresh process, interleaved, fp32 and bf16 (MiniLM); ARGS="--profile": top operators
 	$(PY) -m kfold_nlp.race $(ARGS)
 
 clean:  ## remove run outputs and caches (keeps the virtual environment and data/)
