@@ -168,5 +168,6 @@ def test_memory_per_fold_is_recorded_and_does_not_grow(tiny_run):
     folds = read_metrics(tiny_run)["folds"]
     rss = [folds[str(k)]["rss_mb"] for k in range(3)]
     peaks = [folds[str(k)]["peak_rss_mb"] for k in range(3)]
-    assert all(r > 0 for r in rss) and peaks == sorted(peaks)
-    assert rss[2] - rss[0] < 100, rss  # a fold that leaked its model or state would add to the next
+    assert all(0 < r <= p for r, p in zip(rss, peaks))  # each fold's own peak (reset at its start) holds its end
+    # a fold that leaked its model or state would add to the next one's memory
+    assert rss[2] - rss[0] < 100 and peaks[2] - peaks[0] < 100, (rss, peaks)

@@ -75,6 +75,7 @@ BAD = {  # override -> the text the one line must carry
     "trainer.eval_batch_size=0": "trainer.eval_batch_size=0",
     "trainer.grad_accum=0": "trainer.grad_accum=0",
     "trainer.eval_every=0": "trainer.eval_every=0: must be null or an integer >= 1",
+    "trainer.evals_per_epoch=0": "trainer.evals_per_epoch=0: must be an integer >= 1",
     "trainer.patience=-2": "trainer.patience=-2",
     "trainer.save_models=maybe": "trainer.save_models=maybe: must be true or false",
     "trainer.num_workers=-1": "trainer.num_workers=-1",

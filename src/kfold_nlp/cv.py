@@ -151,15 +151,24 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
     return Prepared(train, test, folds, tokenizer, enc, test_enc, distiller)
 
 
+def reset_peak_memory() -> None:
+    """Start a new resident-memory high-water mark (Linux), so that each fold reports its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def memory_mb() -> dict:
-    """This process's resident memory now and at its peak so far (MiB): a fold that leaks makes the next one grow."""
+    """This process's resident memory now and its peak since ``reset_peak_memory`` (MiB; Linux ``VmRSS`` and
+    ``VmHWM``, else the peak since the start): a fold that leaks makes the next one's grow."""
     import resource
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     try:
-        now = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        now = float("nan")
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        now, peak = (int(status[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
+    except (OSError, KeyError, ValueError):
+        now, peak = float("nan"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
 
 
@@ -184,6 +193,7 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
     tr, va = np.flatnonzero(data.folds != fold), np.flatnonzero(data.folds == fold)
     saved = snapshot.latest(fdir)  # a fold continuing from its snapshot continues its W&B run too
     wandb_id = read_json(saved / "state.json").get("wandb_id") if saved is not None else None
+    reset_peak_memory()
     with tracking.wandb_run(cfg, run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
                             run_id=wandb_id) as wb:
         task, model, regularizer = build_fold_model(cfg, fold, accelerator.process_index)
