@@ -31,7 +31,7 @@ from .folds import make_folds
 from .model import build_model, load_tokenizer, tokenize
 from .predict import bag
 from .tasks import check_columns
-from .trainer import EncodedRows, make_accelerator, make_loader, predict, train_fold
+from .trainer import EncodedRows, make_accelerator, make_loader, predict, release_freed_memory, train_fold
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,7 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
     tr, va = np.flatnonzero(data.folds != fold), np.flatnonzero(data.folds == fold)
     saved = snapshot.latest(fdir)  # a fold continuing from its snapshot continues its W&B run too
     wandb_id = read_json(saved / "state.json").get("wandb_id") if saved is not None else None
+    release_freed_memory()  # the previous fold's memory, so that this fold's peak is its own
     reset_peak_memory()
     with tracking.wandb_run(cfg, run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
                             run_id=wandb_id) as wb:
