@@ -162,14 +162,14 @@ def test_the_fold_evaluates_at_the_scheduled_steps_and_times_it(overrides, steps
 
 
 def test_keep_freed_memory_stops_the_page_faults_of_reallocating_a_big_tensor():
-    """A 64 MiB tensor freed and allocated again: glibc unmaps it and the kernel faults in 16k fresh pages each
-    time; with the setting the memory stays in the process and is reused."""
+    """A 64 MiB tensor freed and allocated again, 8 times: glibc unmaps it and the kernel faults in 16k fresh pages
+    each time; with the setting the memory stays in the process and is reused."""
     import subprocess
     import sys
 
     script = ("import resource, torch\nfrom kfold_nlp.trainer import keep_freed_memory\nprint(keep_freed_memory())\n"
-              "torch.ones(2**24)\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-              "for _ in range(4): torch.ones(2**24)\n"
+              "torch.ones(2**24)\ntorch.ones(2**24)\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+              "for _ in range(8): torch.ones(2**24)\n"
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
     faults = {}
     for keep in ("0", "1"):
@@ -177,6 +177,6 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocating_a_big_tensor():
                              env=os.environ | {"KFOLD_NLP_KEEP_FREED_MEMORY": keep}).stdout.split()
         assert out[0] == ("True" if keep == "1" else "False")
         faults[keep] = int(out[1])
-    if faults["0"] < 4 * 2**14 / 2:
+    if faults["0"] < 8 * 2**14 / 2:
         pytest.skip(f"this kernel backs the allocations with huge pages already ({faults['0']} faults)")
-    assert faults["1"] < faults["0"] / 20, faults
+    assert faults["1"] < faults["0"] / 4, faults  # plain: every allocation faults; kept: at most the first
