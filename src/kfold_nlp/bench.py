@@ -11,10 +11,7 @@ test: it exits 0 whatever the ratios. Regularizers come from ``conf/regularizer/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import ctypes
-import gc
 import json
 import random
 import resource
@@ -30,7 +27,7 @@ import kfold_nlp  # noqa: F401  (registers the ${minilm_path:} resolver)
 from kfold_nlp.model import build_model, load_tokenizer
 from kfold_nlp.paths import CONFIG_DIR
 from kfold_nlp.tasks import Task
-from kfold_nlp.trainer import keep_freed_memory
+from kfold_nlp.trainer import keep_freed_memory, release_freed_memory
 
 def conf_dir() -> Path:
     return Path(CONFIG_DIR)
@@ -105,12 +102,10 @@ class Memory:
 
     def start(self) -> None:
         """Mark the memory in use now; ``added()`` is the peak above it."""
-        gc.collect()
+        release_freed_memory()  # gc + the freed heap back to the kernel, so "now" is what is really in use
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap, so "now" is what is really in use
             self._reset_hwm()
         self.base = self._current()
 

@@ -139,12 +139,17 @@ def load_rows(path: str, n: int) -> tuple[list[str], np.ndarray]:
     return table["excerpt"].tolist(), table["target"].to_numpy(float)
 
 
-def run_one(args) -> float:
-    """One contestant in this process: an untimed pass, then the timed one; returns its samples/s."""
+def setup(args):
+    """The config, tokenizer, encodings and targets every child process trains on."""
     cfg = config(args.model, args.precision[0], args.batch_size, args.max_length)
     texts, targets = load_rows(args.data, args.rows + 16)
     tokenizer = load_tokenizer(cfg.model)
-    enc = tokenize(tokenizer, texts, args.max_length)
+    return cfg, tokenize(tokenizer, texts, args.max_length), targets, tokenizer
+
+
+def run_one(args) -> float:
+    """One contestant in this process: an untimed pass, then the timed one; returns its samples/s."""
+    cfg, enc, targets, tokenizer = setup(args)
     runner = {"project": lambda: run_project(cfg, enc, targets, tokenizer),
               "hf_trainer": lambda: run_hf_trainer(cfg, enc, targets, tokenizer, tempfile.mkdtemp()),
               "minimal": lambda: run_minimal(cfg, enc, targets, tokenizer),
@@ -158,10 +163,7 @@ def profile(args) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    cfg = config(args.model, args.precision[0], args.batch_size, args.max_length)
-    texts, targets = load_rows(args.data, args.rows + 16)
-    tokenizer = load_tokenizer(cfg.model)
-    enc = tokenize(tokenizer, texts, args.max_length)
+    cfg, enc, targets, tokenizer = setup(args)
     run_project(cfg, enc, targets, tokenizer)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         speed = run_project(cfg, enc, targets, tokenizer)
@@ -169,17 +171,15 @@ def profile(args) -> None:
     print(f"{speed:.2f} samples/s under the profiler")
 
 
-def spawn(args, name: str, precision: str, plain: bool = False, extra: tuple = ()) -> str:
-    """Runs ``--one name`` (or ``--profile``) in a fresh process; returns its stdout."""
+def spawn(args, name: str, precision: str, plain: bool = False) -> str:
+    """Runs ``--one name`` (a contestant, or ``profile``) in a fresh process; returns its stdout."""
     command = [sys.executable, "-m", "kfold_nlp.race", "--precision", precision, "--rows", str(args.rows),
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
-               "--data", args.data, *extra]
-    if name:
-        command += ["--one", name]
+               "--data", args.data, "--one", name]
     env = os.environ | ({"KFOLD_NLP_KEEP_FREED_MEMORY": "0"} if plain else {})
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
-        raise SystemExit(f"race: {name or 'profile'} ({precision}) failed:\n{done.stderr[-2000:]}")
+        raise SystemExit(f"race: {name} ({precision}) failed:\n{done.stderr[-2000:]}")
     return done.stdout
 
 
@@ -193,24 +193,23 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data", default="../shared/data/commonlit/train.csv")
     parser.add_argument("--profile", action="store_true", help="top operators of the project's steps instead")
-    parser.add_argument("--one", choices=CONTESTANTS, help=argparse.SUPPRESS)  # one contestant, in this process
+    parser.add_argument("--one", choices=(*CONTESTANTS, "profile"), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
 
-    if args.one or (args.profile and os.environ.get("KFOLD_NLP_RACE_CHILD")):
-        if args.one:
-            print(json.dumps({"samples_per_s": run_one(args)}))
-        else:
-            profile(args)
+    if args.one == "profile":
+        profile(args)
+        return 0
+    if args.one:
+        print(json.dumps({"samples_per_s": run_one(args)}))
         return 0
     print(f"race: {args.model}, {args.rows} rows = {args.rows // args.batch_size} steps of batch {args.batch_size}, "
           f"max_length {args.max_length}, {torch.get_num_threads()} threads, {args.rounds} timed rounds, each "
           f"contestant in a fresh process after one untimed pass")
     if args.profile:
-        os.environ["KFOLD_NLP_RACE_CHILD"] = "1"
         for precision in args.precision:
             for plain in (True, False):
                 print(f"\n## project, {precision}, {'glibc default' if plain else 'keep_freed_memory'}")
-                print(spawn(args, "", precision, plain, ("--profile",)), flush=True)
+                print(spawn(args, "profile", precision, plain), flush=True)
         return 0
     results = {}
     for round_ in range(1, args.rounds + 1):
