@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine: `make cv` and `make test` (both set themselves up).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXP    ?= baseline
+EXP    ?= no_dropout
 DATA   ?=
 ARGS   ?=
 RESUME ?=

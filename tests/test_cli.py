@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import subprocess
 import sys
@@ -129,3 +130,32 @@ def test_ctrl_c_ends_with_one_line_naming_the_folder_and_the_resume_command(tiny
     last = rest.strip().splitlines()[-1]
     assert last.startswith("interrupted:") and f"RESUME={run_dir}" in last
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+
+
+def test_sigterm_ends_like_ctrl_c_with_the_resume_line(tiny_run, tmp_path):
+    """A timeout or a preemption sends SIGTERM: the run ends with the same line as Ctrl-C, exit 143 (128 + 15)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *tiny_overrides(tiny_run.parent / "data", run_dir)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = b""
+    while b"fold 1:" not in seen:
+        chunk = proc.stderr.read1(65536)
+        assert chunk, seen.decode()[-2000:]
+        seen += chunk
+    proc.terminate()
+    rest = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 143
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith(f"terminated: finished folds are kept in {run_dir}") and f"RESUME={run_dir}" in last
+    assert "Traceback" not in rest and (run_dir / "fold_0" / "result.json").exists()
+
+
+def test_online_wandb_without_a_key_is_refused_at_the_start(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path)}  # no netrc
+    proc = subprocess.run([sys.executable, "-m", "kfold_nlp", *tiny_overrides(tiny_run.parent / "data", run_dir),
+                           "logger.mode=online"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: logger.mode=online: no W&B API key for api.wandb.ai (set WANDB_API_KEY "
+                                   "or run `wandb login`); or use logger.mode=offline and `wandb sync` later")
+    assert not run_dir.exists()

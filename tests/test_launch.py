@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from conftest import read_metrics, run_cli, tiny_overrides
 
+from kfold_nlp import hardware
+
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_parallel_fold_jobs_give_the_sequential_result(launcher, tiny_run, tmp_path):
@@ -20,6 +22,9 @@ def test_parallel_fold_jobs_give_the_sequential_result(launcher, tiny_run, tmp_p
     assert read_metrics(run_dir)["cv"]["rmse"] == pytest.approx(read_metrics(tiny_run)["cv"]["rmse"], abs=1e-5)
     assert sorted(p.name for p in (run_dir / ".jobs").iterdir() if p.name.isdigit()) == ["0", "1", "2"]
     assert (run_dir / "submission.csv").exists() and not list(run_dir.glob("fold_*/snapshot"))
+    # the three jobs run side by side on this machine's cores: each takes its share, never every core
+    share = hardware.split_cores(min(3, hardware.usable_cores()))
+    assert [read_metrics(run_dir)["folds"][k]["threads"] for k in "012"] == [share] * 3
 
 
 def test_collect_rebuilds_a_run_and_names_the_unfinished_folds(tiny_run, tmp_path):

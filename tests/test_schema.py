@@ -79,7 +79,7 @@ BAD = {  # override -> the text the one line must carry
     "trainer.patience=-2": "trainer.patience=-2",
     "trainer.save_models=maybe": "trainer.save_models=maybe: must be true or false",
     "trainer.num_workers=-1": "trainer.num_workers=-1",
-    "trainer.precision=fp8": "trainer.precision=fp8: must be one of fp32, bf16, fp16",
+    "trainer.precision=fp8": "trainer.precision=fp8: must be one of auto, fp32, bf16, fp16",
     "trainer.max_grad_norm=0": "trainer.max_grad_norm=0",
     "trainer.penalty=l3": "trainer.penalty=l3",
     "cv.n_splits=1": "cv.n_splits=1: must be an integer >= 2",

@@ -128,6 +128,12 @@ def test_a_non_finite_loss_or_validation_mse_stops_the_fold_at_once(where, monke
             fit_fold_of(6, 2, "trainer.eval_every=2")
 
 
+def test_the_divergence_hint_suggests_fp32_only_to_a_run_that_is_not_fp32():
+    assert str(Diverged(1, 5, "loss", float("nan"), "bf16")) == ("fold 1 diverged at step 5 (loss nan); lower "
+                                                                 "optimizer.lr or use trainer.precision=fp32")
+    assert str(Diverged(1, 5, "loss", float("nan"), "fp32")) == "fold 1 diverged at step 5 (loss nan); lower optimizer.lr"
+
+
 def fit_fold_of(n_rows: int, batch_size: int, *overrides: str, fold: int = 0):
     cfg = config(f"trainer.batch_size={batch_size}", *overrides)
     torch.manual_seed(0)

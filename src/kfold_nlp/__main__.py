@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -43,10 +45,31 @@ def _remove_stub(run_dir: Path) -> None:
             run_dir.parent.rmdir()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a timeout, a preemption, ``kill``): the run ends as after Ctrl-C, with the line that resumes it."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def resolve_run_precision(cfg: DictConfig) -> str | None:
+    """Replace ``trainer.precision=auto`` by what this machine runs natively (the resolved value is what
+    ``run_config.yaml``, ``metrics.json`` and W&B record); returns the line that says why, or a warning."""
+    from .hardware import resolve_precision
+
+    if cfg.trainer.get("precision") is None:
+        return None
+    cfg.trainer.precision, note = resolve_precision(cfg.trainer.precision)
+    return note
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     fold_job = cfg.get("output") is not None  # one of a launcher's parallel fold jobs: writes into its run folder
     run_dir = Path(cfg.output) if fold_job else Path(hc.runtime.output_dir)
     job = {"num": hc.job.num, "sweep_id": Path(hc.sweep.dir).name} if multirun and not fold_job else {}
@@ -55,14 +78,18 @@ def main(cfg: DictConfig) -> float:
 
     if fold_job:
         pick_gpu(cfg)
-    from . import cv, launch  # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
+    from . import cv, launch, tracking  # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
     from .schema import ConfigError, validate
     from .trainer import Diverged
 
     try:
         if cfg.get("resume") is not None and is_stub(run_dir):  # Hydra made the folder a typo named
             _remove_stub(run_dir)
+        note = resolve_run_precision(cfg)
         validate(cfg)
+        tracking.check_online(cfg.logger)
+        if note is not None:  # the run's first line: what precision=auto chose and why, or bf16's warning
+            (log.warning if note.startswith("warning") else log.info)(note)
         log.info(cv.describe(cfg, run_dir))
         if cfg.get("launcher") and not multirun:
             metrics = launch.run(cfg, run_dir, list(hc.overrides.task))
@@ -79,14 +106,15 @@ def main(cfg: DictConfig) -> float:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         _remove_stub(run_dir)
+        how = "terminated" if isinstance(err, Terminated) else "interrupted"
         if run_dir.exists():
-            print(f"interrupted: finished folds are kept in {run_dir}; continue with RESUME={run_dir} "
+            print(f"{how}: finished folds are kept in {run_dir}; continue with RESUME={run_dir} "
                   f"(or resume={run_dir})", file=sys.stderr)
         else:
-            print("interrupted before anything was written", file=sys.stderr)
-        sys.exit(130)
+            print(f"{how} before anything was written", file=sys.stderr)
+        sys.exit(143 if isinstance(err, Terminated) else 130)
     if not metrics:  # not the main process
         return float("nan")
     if not multirun:

@@ -24,6 +24,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 import kfold_nlp  # noqa: F401  (registers the ${minilm_path:} resolver)
+from kfold_nlp import hardware
 from kfold_nlp.model import build_model, load_tokenizer
 from kfold_nlp.paths import CONFIG_DIR
 from kfold_nlp.tasks import Task
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="auto: bf16 where the device runs it natively, else fp32")
     parser.add_argument("--model", default="minilm", help="conf/model/<name>.yaml: minilm | tiny | ...")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/commonlit/train.csv"))
@@ -162,8 +164,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.precision == "auto":
+        args.precision = "bf16" if (hardware.cuda_has_bf16() if device.type == "cuda"
+                                    else hardware.cpu_has_native_bf16()) else "fp32"
+    emulated = " (emulated: this CPU has no native bf16)" if hardware.is_emulated(args.precision, device.type) else ""
     if device.type == "cpu":
         keep_freed_memory()  # as training does (trainer.make_accelerator)
+        hardware.set_threads()
     conf = conf_dir()
     runs_conf = runs_from_conf(conf)
     model_cfg = OmegaConf.load(conf / "model" / f"{args.model}.yaml")
@@ -176,7 +183,8 @@ def main(argv=None) -> int:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     memory = Memory(device)
-    print(f"model={args.model} device={device} threads={torch.get_num_threads()} precision={args.precision} "
+    print(hardware.header(hardware.record()))
+    print(f"model={args.model} device={device} threads={torch.get_num_threads()} precision={args.precision}{emulated} "
           f"batch={args.batch_size} max_length={args.max_length} warmup={args.warmup} steps={args.steps}")
     # Build and warm up one run at a time (so its memory can be measured), then time the steps round-robin:
     # on a shared machine, load from other processes then hits every regularizer alike instead of one of them.
@@ -222,6 +230,7 @@ def main(argv=None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {"args": {k: str(v) for k, v in vars(args).items()}, "device": str(device),
+                  "hardware": hardware.record(args.precision),
                   "threads": torch.get_num_threads(), "memory": memory.kind, "results": results}
         args.out.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.out}")

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from accelerate.utils import set_seed
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
-from . import distill, snapshot, tracking
+from . import distill, hardware, snapshot, tracking
 from .data import DataError, load_data
 from .files import atomic_path, read_json, write_csv, write_json
 from .folds import make_folds
@@ -219,7 +220,7 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
         result = {"mse": res.best_mse, "rmse": res.best_rmse, "best_step": res.best_step, "steps": res.steps,
                   "train_time_s": round(res.train_time, 2), "eval_time_s": round(res.eval_time, 2),
                   "keep_best_time_s": round(res.keep_time, 2), "snapshot_time_s": round(res.snapshot_time, 2),
-                  **memory_mb()}
+                  "threads": torch.get_num_threads(), **memory_mb()}
         wb.summary.update({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse, "best/step": res.best_step})
         if data.test is not None:
             rows = EncodedRows(data.test_enc, np.arange(len(data.test)))
@@ -307,6 +308,7 @@ def finish(cfg: DictConfig, run_dir: Path, data: Prepared, group: str, extra: di
     """Collect the finished folds into the run's results, ``metrics.json`` and the W&B ``-cv`` run."""
     metrics = collect(cfg, run_dir, data, expected_folds(cfg))
     metrics["cv"] |= extra
+    metrics["hardware"] = hardware.record(cfg.trainer.precision)  # what every time in this file was measured on
     write_json(metrics, run_dir / "metrics.json")
     tracking.log_cv(cfg, run_dir, group, metrics, run_dir / "oof.csv")
     return metrics

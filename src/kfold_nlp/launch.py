@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cv
+from . import cv, hardware
 from .data import DataError
 
 DROPPED = ("launcher", "resume", "output", "collect", "cv.folds", "hydra.run.dir")  # set here for every job
@@ -41,6 +41,9 @@ def run(cfg, run_dir: Path, overrides: list[str]) -> dict:
     folds = cv.unfinished(run_dir, cv.expected_folds(cfg))
     if folds:
         env = os.environ | {"KFOLD_NLP_GPUS": str(torch.cuda.device_count())}  # a job picks GPU k mod n
+        jobs = local_jobs(cfg.launcher, overrides, len(folds))
+        if jobs:  # processes side by side on this machine: each gets its share of the cores, not all of them
+            env[hardware.THREADS_ENV] = str(hardware.split_cores(jobs))
         subprocess.run(job_command(cfg, run_dir, overrides, folds), env=env)
         missing = cv.unfinished(run_dir, folds)
         if missing:
@@ -48,6 +51,18 @@ def run(cfg, run_dir: Path, overrides: list[str]) -> dict:
                             f"{run_dir / '.jobs'}/<n>/run.log); rerun with RESUME={run_dir} to train only those")
     return cv.finish(cfg, run_dir, data, str(cfg.name), {"wall_time_s": round(time.perf_counter() - started, 1),
                                                          "processes": 1})
+
+
+def local_jobs(launcher: str, overrides: list[str], folds: int) -> int | None:
+    """How many fold jobs run at once on this machine (None: on other machines, SLURM's). joblib runs
+    ``hydra.launcher.n_jobs`` of them (-1, its default: one per core), submitit_local all at once."""
+    if launcher == "joblib":
+        given = [o.split("=", 1)[1] for o in overrides if _key(o) == "hydra.launcher.n_jobs"]
+        n_jobs = int(given[-1]) if given and given[-1].lstrip("-").isdigit() else -1
+        return min(folds, hardware.usable_cores() if n_jobs < 1 else n_jobs)
+    if launcher == "submitit_local":
+        return folds
+    return None
 
 
 def pick_gpu(cfg) -> None:

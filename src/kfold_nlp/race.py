@@ -1,6 +1,7 @@
 """The race: this project's fold trainer against Hugging Face ``Trainer`` and a minimal hand-written loop.
 
-``python -m kfold_nlp.race [--rows 224 --rounds 2 --precision fp32 bf16 --model minilm]`` (``make race``). All
+``python -m kfold_nlp.race [--rows 224 --rounds 2 --precision fp32 bf16 --model minilm]`` (``make race``; by default
+the precisions the machine runs natively, ``hardware.native_precisions``). All
 train the same model on the same rows, batch size, max length and precision:
 
 - ``project``: ``trainer.train_fold`` with the project's defaults (length-grouped dynamic padding, exact
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 import kfold_nlp  # noqa: F401  (the ${minilm_path:} resolver)
+from kfold_nlp import hardware
 from kfold_nlp.cv import build_fold_model
 from kfold_nlp.model import load_tokenizer, tokenize
 from kfold_nlp.paths import CONFIG_DIR
@@ -60,39 +63,75 @@ def reset_accelerate() -> None:
     GradientState._reset_state()
 
 
-def run_project(cfg, enc, targets, tokenizer) -> float:
+def run_project(cfg, enc, targets, tokenizer) -> tuple[float, str]:
     reset_accelerate()
     accelerator = make_accelerator(cfg.trainer)
     task, model, regularizer = build_fold_model(cfg, fold=0)
+    seen = watch_device(model)
     n = len(targets) - 16
     train = make_loader(EncodedRows(enc, np.arange(n), targets), tokenizer, cfg.trainer.batch_size, True, seed=0)
     val = make_loader(EncodedRows(enc, np.arange(n, n + 16), targets), tokenizer, 64, False)
     start = time.perf_counter()
     train_fold(model, regularizer, train, val, targets[n:], cfg, accelerator, task=task)
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), seen.get("device", "?")
 
 
-def run_minimal(cfg, enc, targets, tokenizer, kept: bool = False) -> float:
-    """The floor: the batches collated and the optimizer built before the clock starts."""
+def train_device() -> torch.device:
+    """Where the minimal loop trains: the GPU when there is one, as the project's accelerator and Trainer choose."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def watch_device(model) -> dict:
+    """Records, at the first forward, the device of the weights and of the batch: what a contestant ran on."""
+    seen: dict = {}
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        weights = str(next(module.parameters()).device)
+        seen.setdefault("device", weights if ids is None or str(ids.device) == weights else
+                        f"mixed (weights {weights}, batch {ids.device})")
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def autocast_dtype(precision: str):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def run_minimal(cfg, enc, targets, tokenizer, kept: bool = False) -> tuple[float, str]:
+    """The floor: the batches collated, moved to the device and the optimizer built before the clock starts."""
     if kept:
         keep_freed_memory()
     reset_accelerate()
+    device = train_device()
     _, model, _ = build_fold_model(cfg, fold=0)
+    model.to(device)
+    seen = watch_device(model)
     n = len(targets) - 16
-    batches = list(make_loader(EncodedRows(enc, np.arange(n), targets), tokenizer, cfg.trainer.batch_size, True,
-                               seed=0))
+    batches = [{k: v.to(device) for k, v in batch.items()}
+               for batch in make_loader(EncodedRows(enc, np.arange(n), targets), tokenizer, cfg.trainer.batch_size,
+                                        True, seed=0)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, fused=True)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16")
+    dtype = autocast_dtype(cfg.trainer.precision)
+    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None  # fp16 needs loss scaling
     model.train()
     start = time.perf_counter()
     for batch in batches:
-        with autocast:
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
             pred = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         loss = F.mse_loss(pred.float(), batch["target"].float())
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad()
-    return n / (time.perf_counter() - start)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n / (time.perf_counter() - start), seen.get("device", "?")
 
 
 class _WithLoss(torch.nn.Module):
@@ -107,22 +146,24 @@ class _WithLoss(torch.nn.Module):
         return {"loss": F.mse_loss(pred.float(), labels.float()), "logits": pred}
 
 
-def run_hf_trainer(cfg, enc, targets, tokenizer, out_dir: str) -> float:
+def run_hf_trainer(cfg, enc, targets, tokenizer, out_dir: str) -> tuple[float, str]:
     from transformers import Trainer, TrainingArguments
 
     reset_accelerate()
     _, model, _ = build_fold_model(cfg, fold=0)
+    seen = watch_device(model)
     n = len(targets) - 16
     rows = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
              "labels": float(targets[i])} for i in range(n)]
     args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=cfg.trainer.batch_size,
                              num_train_epochs=1, learning_rate=cfg.optimizer.lr, bf16=cfg.trainer.precision == "bf16",
+                             fp16=cfg.trainer.precision == "fp16",
                              use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no",
                              logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0)
     trainer = Trainer(model=_WithLoss(model), args=args, train_dataset=rows, processing_class=tokenizer)
     start = time.perf_counter()
     trainer.train()
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), seen.get("device", "?")
 
 
 def load_rows(path: str, n: int) -> tuple[list[str], np.ndarray]:
@@ -147,8 +188,8 @@ def setup(args):
     return cfg, tokenize(tokenizer, texts, args.max_length), targets, tokenizer
 
 
-def run_one(args) -> float:
-    """One contestant in this process: an untimed pass, then the timed one; returns its samples/s."""
+def run_one(args) -> tuple[float, str]:
+    """One contestant in this process: an untimed pass, then the timed one; returns its samples/s and device."""
     cfg, enc, targets, tokenizer = setup(args)
     runner = {"project": lambda: run_project(cfg, enc, targets, tokenizer),
               "hf_trainer": lambda: run_hf_trainer(cfg, enc, targets, tokenizer, tempfile.mkdtemp()),
@@ -166,7 +207,7 @@ def profile(args) -> None:
     cfg, enc, targets, tokenizer = setup(args)
     run_project(cfg, enc, targets, tokenizer)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        speed = run_project(cfg, enc, targets, tokenizer)
+        speed, _ = run_project(cfg, enc, targets, tokenizer)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
     print(f"{speed:.2f} samples/s under the profiler")
 
@@ -187,7 +228,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=224, help="training rows (+16 validation rows for the project)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds (each contestant once per round)")
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--precision", nargs="+", default=None,
+                        help="default: the precisions this machine runs natively (bf16 only where it is native)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--model", default="minilm")
@@ -200,8 +242,14 @@ def main(argv=None) -> int:
         profile(args)
         return 0
     if args.one:
-        print(json.dumps({"samples_per_s": run_one(args)}))
+        speed, device = run_one(args)
+        print(json.dumps({"samples_per_s": speed, "device": device}))
         return 0
+    print(hardware.header(hardware.record()))
+    if args.precision is None:
+        args.precision = hardware.native_precisions()
+        if "bf16" not in args.precision and not torch.cuda.is_available():
+            print("bf16 skipped: this CPU has no native bf16, it would be emulated (--precision fp32 bf16 to time it)")
     print(f"race: {args.model}, {args.rows} rows = {args.rows // args.batch_size} steps of batch {args.batch_size}, "
           f"max_length {args.max_length}, {torch.get_num_threads()} threads, {args.rounds} timed rounds, each "
           f"contestant in a fresh process after one untimed pass")
@@ -211,21 +259,26 @@ def main(argv=None) -> int:
                 print(f"\n## project, {precision}, {'glibc default' if plain else 'keep_freed_memory'}")
                 print(spawn(args, "profile", precision, plain), flush=True)
         return 0
-    results = {}
+    results, devices = {}, {}
     for round_ in range(1, args.rounds + 1):
         for precision in args.precision:
             for name in CONTESTANTS:
-                speed = json.loads(spawn(args, name, precision).splitlines()[-1])["samples_per_s"]
-                results.setdefault((precision, name), []).append(speed)
-                print(f"  round {round_} {precision} {name}: {speed:.2f} samples/s", flush=True)
-    print(f"\n| precision | contestant | samples/s (median of {args.rounds}) | vs Trainer | vs minimal | "
+                out = json.loads(spawn(args, name, precision).splitlines()[-1])
+                results.setdefault((precision, name), []).append(out["samples_per_s"])
+                devices[(precision, name)] = out["device"]
+                print(f"  round {round_} {precision} {name} on {out['device']}: {out['samples_per_s']:.2f} samples/s",
+                      flush=True)
+    print(f"\n| precision | contestant | device | samples/s (median of {args.rounds}) | vs Trainer | vs minimal | "
           f"vs minimal_kept |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|")
     for precision in args.precision:
         med = {n: statistics.median(results[(precision, n)]) for n in CONTESTANTS}
+        label = f"{precision} (emulated)" if hardware.is_emulated(precision, "cuda" if torch.cuda.is_available()
+                                                                   else "cpu") else precision
         for name in CONTESTANTS:
-            print(f"| {precision} | {name} | {med[name]:.2f} | {med[name] / med['hf_trainer']:.2f}x | "
-                  f"{med[name] / med['minimal']:.2f}x | {med[name] / med['minimal_kept']:.2f}x |")
+            print(f"| {label} | {name} | {devices[(precision, name)]} | {med[name]:.2f} | "
+                  f"{med[name] / med['hf_trainer']:.2f}x | {med[name] / med['minimal']:.2f}x | "
+                  f"{med[name] / med['minimal_kept']:.2f}x |")
     if {"fp32", "bf16"} <= set(args.precision):
         base = statistics.median(results[("fp32", "hf_trainer")])
         print(f"\nproject bf16 vs Trainer's fp32 default: "

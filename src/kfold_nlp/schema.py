@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .hardware import PRECISIONS
 from .model import Pooler
 
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}
@@ -132,7 +133,7 @@ RULES: dict[str, Rule] = {
     "trainer.max_grad_norm": Rule(float, gt=0, optional=True),
     "trainer.penalty": Rule(str, choices=("l1", "l2"), optional=True),
     "trainer.penalty_weight": Rule(float, ge=0),
-    "trainer.precision": Rule(str, choices=("fp32", "bf16", "fp16")),
+    "trainer.precision": Rule(str, choices=PRECISIONS),
     "trainer.eval_every": Rule(int, ge=1, optional=True),
     "trainer.evals_per_epoch": Rule(int, ge=1),
     "trainer.patience": Rule(int, ge=1, optional=True),

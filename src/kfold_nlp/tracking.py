@@ -7,17 +7,37 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import netrc
 import os
 import re
 import secrets
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
+from . import hardware
+from .schema import ConfigError
+
 os.environ.setdefault("WANDB_SILENT", "true")
 log = logging.getLogger(__name__)
+
+
+def check_online(logger_cfg) -> None:
+    """An online run needs a W&B API key; without one ``wandb.init`` fails at the first fold, after the run
+    folder was made. Refused at the start instead, in one line (``ConfigError``: exit 2)."""
+    if logger_cfg.mode != "online" or os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    with suppress(OSError, netrc.NetrcParseError):
+        if netrc.netrc().authenticators(host):
+            return
+    raise ConfigError(f"logger.mode=online: no W&B API key for {host} (set WANDB_API_KEY or run `wandb login`); "
+                      f"or use logger.mode=offline and `wandb sync` later")
 
 
 def group_name(cfg, job: dict) -> str:
@@ -92,7 +112,7 @@ def wandb_run(cfg, *, run_dir, group: str, name: str, job_type: str, tags=(), ru
             job_type=job_type,
             name=name,
             tags=[*cfg.logger.tags, *tags],
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=OmegaConf.to_container(cfg, resolve=True) | {"hardware": hardware.record(cfg.trainer.precision)},
             dir=str(run_dir),
             reinit="finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True),

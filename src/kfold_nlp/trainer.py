@@ -19,6 +19,7 @@ from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import snapshot
+from .hardware import resolve_precision, set_threads
 from .model import target_column
 from .optim import build_optimizer, build_scheduler, weight_penalty
 from .regularizers.base import model_inputs
@@ -108,16 +109,18 @@ def release_freed_memory() -> None:
 
 
 def make_accelerator(trainer_cfg) -> Accelerator:
-    """CUDA when present, CPU otherwise (``cpu=True`` also makes torchrun on CPU really distributed).
+    """CUDA when present, CPU otherwise (``cpu=True`` also makes torchrun on CPU really distributed); on CPU as many
+    intra-op threads as this process has cores (``hardware.set_threads``).
 
     Gradient accumulation is ``optimizer_step``'s, not accelerate's: ``accumulate`` divides every micro-batch by k,
     which is wrong for a shorter last group of an epoch.
     """
-    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[trainer_cfg.precision]
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(trainer_cfg.precision)[0]]
     if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("trainer.precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
     if not torch.cuda.is_available():
         keep_freed_memory()
+        set_threads()
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=precision,
@@ -185,9 +188,9 @@ def micro_batch_groups(loader, k: int):
 class Diverged(RuntimeError):
     """A non-finite training loss or validation MSE: the fold stops at once and writes nothing that looks done."""
 
-    def __init__(self, fold, step: int, what: str, value: float):
-        super().__init__(f"fold {fold} diverged at step {step} ({what} {value}); lower optimizer.lr or use "
-                         f"trainer.precision=fp32")
+    def __init__(self, fold, step: int, what: str, value: float, precision: str = "fp32"):
+        hint = "lower optimizer.lr" + (" or use trainer.precision=fp32" if precision != "fp32" else "")
+        super().__init__(f"fold {fold} diverged at step {step} ({what} {value}); {hint}")
 
 
 def optimizer_step(model, regularizer, group: list[dict], optimizer, accelerator: Accelerator, task: Task,
@@ -255,7 +258,7 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
         result.eval_time += time.perf_counter() - began
         mse = float(np.mean((pred - val_target) ** 2))
         if not math.isfinite(mse):
-            raise Diverged(fold, step, "validation MSE", mse)
+            raise Diverged(fold, step, "validation MSE", mse, tcfg.precision)
         model.train()
         log({**{f"train/{k}": v for k, v in train.items()}, "val/mse": mse, "val/rmse": math.sqrt(mse),
              "train/lr": scheduler.get_last_lr()[0]}, step)
@@ -324,7 +327,7 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
                 loop["batch"] += len(group)
                 step = loop["step"]
                 if not math.isfinite(losses["loss"]):
-                    raise Diverged(fold, step, "loss", losses["loss"])
+                    raise Diverged(fold, step, "loss", losses["loss"], tcfg.precision)
                 loop["running"].append(losses)
                 scheduler.step()
                 bar.update(1)
