@@ -43,6 +43,18 @@ def run_cli(*args: str, module: str = "kfold_nlp", check: bool = True) -> subpro
     return proc
 
 
+def start_until(overrides: list[str], marker: bytes, **popen) -> subprocess.Popen:
+    """Start the real entry point and return it once its stderr (the progress bars) has shown ``marker``."""
+    proc = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, **popen)
+    seen = b""
+    while marker not in seen:
+        chunk = proc.stderr.read1(65536)
+        assert chunk, seen.decode()[-2000:]
+        seen += chunk
+    return proc
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, read_metrics, run_cli, tiny_overrides
+from conftest import ROOT, read_metrics, run_cli, start_until, tiny_overrides
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
@@ -177,13 +177,7 @@ def test_resuming_after_a_failed_fold_replaces_its_wandb_run(tiny_run, tmp_path)
 
     data, run_dir = tiny_run.parent / "data", tmp_path / "run"
     overrides = tiny_overrides(data, run_dir, logger="offline")
-    proc = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    seen = b""
-    while b"fold 1:" not in seen:
-        chunk = proc.stderr.read1(65536)
-        assert chunk, seen.decode()[-2000:]
-        seen += chunk
+    proc = start_until(overrides, b"fold 1:")
     proc.kill()
     proc.wait()
     resume = [o for o in overrides if not o.startswith("hydra.run.dir=")] + [f"resume={run_dir}"]
