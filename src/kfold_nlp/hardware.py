@@ -53,7 +53,7 @@ def resolve_precision(requested: str) -> tuple[str, str | None]:
         return "fp32", f"precision auto -> fp32: this CPU has no native bf16 ({cpu_capability()})"
     if requested == "bf16" and not cuda and not cpu_has_native_bf16():
         return "bf16", (f"warning: trainer.precision=bf16 on a CPU without native bf16 ({cpu_capability()}): it is "
-                        f"emulated, measured 5-10x slower than fp32 (README, Performance); use "
+                        f"emulated, measured 5-10x slower than fp32 (docs/results.md); use "
                         f"trainer.precision=auto")
     return requested, None
 
