@@ -86,6 +86,19 @@ def check_ids(path: Path, ids, expected, what: str) -> None:
                         f"{len(expected)} expected); the data changed since this run started: start a new run")
 
 
+def read_preds(path: Path, expected, what: str) -> np.ndarray:
+    """A fold's ``pred`` column, its ids checked against ``expected``; a blank or non-finite prediction is refused
+    (a mean would skip it silently, or it would turn the CV score and the bag into NaN)."""
+    table = pd.read_csv(path, dtype={"id": str})
+    check_ids(path, table["id"], expected, what)
+    pred = pd.to_numeric(table["pred"], errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(pred)
+    if bad.any():
+        raise DataError(f"{path}: blank or non-finite pred in {int(bad.sum())} row(s), first at data row "
+                        f"{int(np.flatnonzero(bad)[0]) + 1}; retrain that fold (delete its result.json and resume)")
+    return pred
+
+
 def describe(cfg: DictConfig, run_dir: Path) -> str:
     """The one-line summary a run starts with (the full config is in ``.hydra/config.yaml``)."""
     choices = {}
@@ -279,27 +292,23 @@ def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]
     results = {}
     for fold in run_folds:
         fdir, rows = fold_dir(run_dir, fold), folds == fold
-        fold_oof = pd.read_csv(fdir / "oof.csv", dtype={"id": str})
-        check_ids(fdir / "oof.csv", fold_oof["id"], train["id"][rows], f"fold {fold}'s rows of folds.csv")
-        oof.loc[rows, "pred"] = fold_oof["pred"].to_numpy()
+        oof.loc[rows, "pred"] = read_preds(fdir / "oof.csv", train["id"][rows], f"fold {fold}'s rows of folds.csv")
         results[fold] = read_json(fdir / "result.json")
     oof = oof[oof["fold"].isin(run_folds)].reset_index(drop=True)
     # The floor every model must clear: each fold's rows predicted by the mean of its training rows.
     mean_pred = np.array([targets[(folds != f)].mean() for f in oof["fold"]])
     mean_rmse = float(np.sqrt(np.mean((mean_pred - oof["target"]) ** 2)))
     metrics = cv_metrics(oof, results, mean_rmse)
-    write_csv(oof, run_dir / "oof.csv")
-    if data.test is not None:
-        preds = []
-        for fold in run_folds:
-            path = fold_dir(run_dir, fold) / "test_pred.csv"
-            pred = pd.read_csv(path, dtype={"id": str})
-            check_ids(path, pred["id"], data.test["id"], "the test file")
-            preds.append(pred["pred"].to_numpy())
+    submission = None
+    if data.test is not None:  # every file read and checked before the first is written
+        preds = [read_preds(fold_dir(run_dir, fold) / "test_pred.csv", data.test["id"], "the test file")
+                 for fold in run_folds]
         # the user's own column names, as the competition's sample submission has them
-        write_csv(pd.DataFrame({cfg.data.id_col: data.test["id"], cfg.data.target_col: bag(np.stack(preds),
-                                                                                             cfg.cv.bagging)}),
-                  run_dir / "submission.csv")
+        submission = pd.DataFrame({cfg.data.id_col: data.test["id"],
+                                   cfg.data.target_col: bag(np.stack(preds), cfg.cv.bagging)})
+    write_csv(oof, run_dir / "oof.csv")
+    if submission is not None:
+        write_csv(submission, run_dir / "submission.csv")
     return metrics
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from . import stats
+from .data import refuse
 from .files import write_csv, write_json
 
 METHODS = ("mean", "nnls", "greedy")
@@ -311,8 +311,7 @@ def main(argv=None) -> None:
         members = load_members(runs)
         result = blend(members, args.method, args.steps)
     except EnsembleError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        refuse(err)
     out = args.out or default_out()
     write(result, out)
     log_wandb(result, members, out, args.wandb_mode)
