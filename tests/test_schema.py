@@ -104,6 +104,7 @@ BAD = {  # override -> the text the one line must carry
     "regularizer=msd regularizer.p=1": "regularizer.p=1",
     "regularizer=msd regularizer.reduce=sum": "regularizer.reduce=sum",
     "regularizer=mixout regularizer.p=-0.5": "regularizer.p=-0.5",
+    "regularizer=mixup regularizer.alpha=1000": "regularizer.alpha=1000: must be 0 or a number >= 0.01 and <= 100",
     "optimizer=sgd optimizer.momentum=1.5": "optimizer.momentum=1.5",
 }
 
