@@ -209,3 +209,21 @@ def test_a_fold_continued_from_its_snapshot_continues_its_wandb_run(tiny_run, tm
         assert len(attempts) == 2 and all(name.endswith(recorded) for name in attempts), attempts
     else:
         assert named == recorded
+
+
+@pytest.mark.parametrize("how", ["resume", "collect"])
+def test_a_finished_fold_never_keeps_its_snapshot(how, tiny_run, tmp_path):
+    """Killed between fold 1's result.json and its snapshot's removal: the next start (or collect) removes the
+    snapshot, and the results stay the run's."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
+    for name in ("snapshot", "snapshot.old", ".snapshot.a1b2.tmp"):
+        (run_dir / "fold_1" / name).mkdir()
+        (run_dir / "fold_1" / name / "state.json").write_text("{}")
+    if how == "resume":
+        run_cli(*resume_overrides(tiny_run.parent / "data", run_dir))
+    else:
+        run_cli(str(run_dir), module="kfold_nlp.collect")
+    assert not [p.name for p in (run_dir / "fold_1").iterdir() if "snapshot" in p.name]
+    for name in ("oof.csv", "submission.csv"):
+        assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes(), name

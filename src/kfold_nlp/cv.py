@@ -155,6 +155,9 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
     if main:
         for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:  # left by a killed run
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        if not cfg.trainer.keep_snapshot:  # a kill between a fold's result.json and its snapshot's removal
+            for finished in run_dir.glob("fold_*/result.json"):
+                snapshot.remove(finished.parent)
         write_csv(table, run_dir / "folds.csv")
     if not texts:
         return Prepared(train, test, folds, None, None, None, distiller)
