@@ -227,3 +227,22 @@ def test_a_finished_fold_never_keeps_its_snapshot(how, tiny_run, tmp_path):
     assert not [p.name for p in (run_dir / "fold_1").iterdir() if "snapshot" in p.name]
     for name in ("oof.csv", "submission.csv"):
         assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes(), name
+
+
+def test_a_finished_run_is_not_cut_to_fewer_folds(tiny_run, tmp_path):
+    """Resuming a collected run with a narrower ``cv.folds`` would rewrite its oof.csv and bag with fold 0 only:
+    refused with one line, every result as it was; a parallel fold job (``collect=false``) is still let in."""
+    data, run_dir = tiny_run.parent / "data", tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts
+              and p.name != "run.log"}
+    proc = run_cli(*resume_overrides(data, run_dir), "cv.folds=[0]", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: {run_dir / 'metrics.json'}: the results cover folds [0, 1, 2]; "
+                                   f"cv.folds=[0] would cut them to fewer; resume with cv.folds covering [0, 1, 2] "
+                                   f"(or null), or start a new run")
+    assert {p: p.read_bytes() for p in before} == before
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == (run_dir / "run_config.yaml").read_text()
+
+    run_cli(*tiny_overrides(data, tmp_path / "job"), f"output={run_dir}", "collect=false", "cv.folds=[0]")
+    assert {p: p.read_bytes() for p in before} == before

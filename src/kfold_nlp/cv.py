@@ -54,7 +54,8 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
     rewrites ``.hydra/config.yaml`` on every start (before we can check), hence our own ``run_config.yaml``
     (unresolved: machine-independent), which a refused start also puts back for ``predict``. ``resume`` and
     ``logger`` may differ, and so may which folds a start trains (``cv.folds``: parallel fold jobs each train one)
-    and how (``launcher``, ``output``, ``collect``).
+    and how (``launcher``, ``output``, ``collect``); but a start that collects may not cover fewer folds than a
+    collected run has finished: it would cut its oof.csv and its bag to those folds.
     """
     path = run_dir / "run_config.yaml"
     if not path.exists():
@@ -67,11 +68,21 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
                      if k.split(".")[0] not in FREE_KEYS and k != "cv.folds"
                      and saved.get(k, "<unset>") != now.get(k, "<unset>"))
     if changed:
-        if save and (run_dir / ".hydra").is_dir():
-            with atomic_path(run_dir / ".hydra" / "config.yaml") as tmp:
-                tmp.write_text(path.read_text())
-        raise DataError(f"{path}: this run folder was started with another config; resume it with the same "
-                        f"overrides (differing: {', '.join(changed)})")
+        _refuse_start(run_dir, save, f"{path}: this run folder was started with another config; resume it with the "
+                                     f"same overrides (differing: {', '.join(changed)})")
+    done = [k for k in range(cfg.cv.n_splits) if (fold_dir(run_dir, k) / "result.json").exists()]
+    if cfg.get("collect", True) and (run_dir / "metrics.json").exists() and set(done) - set(expected_folds(cfg)):
+        _refuse_start(run_dir, save, f"{run_dir / 'metrics.json'}: the results cover folds {done}; "
+                                     f"cv.folds={list(cfg.cv.folds)} would cut them to fewer; resume with cv.folds "
+                                     f"covering {done} (or null), or start a new run")
+
+
+def _refuse_start(run_dir: Path, save: bool, message: str) -> None:
+    """Hydra has already written the refused start's config: put the run's own back (``predict`` reads it)."""
+    if save and (run_dir / ".hydra").is_dir():
+        with atomic_path(run_dir / ".hydra" / "config.yaml") as tmp:
+            tmp.write_text((run_dir / "run_config.yaml").read_text())
+    raise DataError(message)
 
 
 FREE_KEYS = ("resume", "logger", "launcher", "output", "collect")  # may differ between starts of one run folder
