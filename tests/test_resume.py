@@ -246,3 +246,19 @@ def test_a_finished_run_is_not_cut_to_fewer_folds(tiny_run, tmp_path):
 
     run_cli(*tiny_overrides(data, tmp_path / "job"), f"output={run_dir}", "collect=false", "cv.folds=[0]")
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_resuming_through_latest_keeps_latest_pointing_at_the_real_folder(tiny_run, tmp_path):
+    """``RESUME=outputs/<name>/latest`` continues the folder the link names, and ``latest`` still names it (it
+    used to become ``latest -> latest``), so a second resume through it works too."""
+    data, real = tiny_run.parent / "data", tmp_path / "outputs" / "baseline" / "2026-01-01_00-00-00"
+    shutil.copytree(tiny_run, real, ignore=shutil.ignore_patterns("wandb"))
+    latest = real.parent / "latest"
+    latest.symlink_to(real.name)
+    for _ in range(2):
+        run_cli(*resume_overrides(data, latest))
+        assert latest.is_symlink() and Path(latest.readlink()).name == real.name
+        assert latest.resolve() == real.resolve()
+    assert sorted(p.name for p in real.parent.iterdir()) == [real.name, "latest"]
+    for name in ("oof.csv", "submission.csv"):
+        assert (real / name).read_bytes() == (tiny_run / name).read_bytes(), name
