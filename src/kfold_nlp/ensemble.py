@@ -3,7 +3,9 @@
 ``python -m kfold_nlp.ensemble RUNS... [--method mean|nnls|greedy] [--out DIR] [--wandb-mode MODE]``
 (``make ensemble RUNS="..."``). RUNS are run folders, sweep folders (every run below) or earlier ensemble folders
 (their members). Members must share ``folds.csv`` (same rows, same folds: the same data and ``cv.seed``) and their
-test ids; otherwise nothing is written and the command exits 2 with one ``error:`` line.
+test ids, and have no blank prediction; ``--out`` must be new, empty or an earlier ensemble folder (never a run
+folder, whose results it would overwrite); otherwise nothing is written and the command exits 2 with one
+``error:`` line.
 
 Weights are non-negative and sum to 1 for every method, so the blend stays on the members' scale and a run blended
 with copies of itself is that run. The reported CV RMSE is *nested*: for each fold, weights fitted on the OOF rows of
