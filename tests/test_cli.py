@@ -81,7 +81,7 @@ def test_predict_refuses_with_one_line(problem, tiny_run, tmp_path):
         pd.DataFrame({"id": ["a"], "body": ["text"]}).to_csv(bad, index=False)
         args.append(str(bad))
     proc = run_cli(*args, module="kfold_nlp.predict", check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     expected = {"missing": "does not exist", "no_models": "no fold_*/model.safetensors",
                 "missing_fold": "no model.safetensors in fold_1", "no_text_column": "missing column(s) 'excerpt'"}

@@ -172,3 +172,21 @@ def test_memory_per_fold_is_recorded_and_does_not_grow(tiny_run):
     assert all(0 < r <= p for r, p in zip(rss, peaks))  # each fold's own peak (reset at its start) holds its end
     # a fold that leaked its model or state would add to the next one's memory
     assert rss[2] - rss[0] < 100 and peaks[2] - peaks[0] < 100, (rss, peaks)
+
+
+@pytest.mark.parametrize("name", ["oof.csv", "test_pred.csv"])
+def test_a_blank_fold_prediction_is_refused_naming_file_and_row(name, tiny_run, tmp_path):
+    """A blank pred would be skipped by the mean (a CV score over fewer rows, a bag of fewer models): collect
+    refuses with one line, exit 2, and leaves the run's results as they were."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
+    path = run_dir / "fold_1" / name
+    table = pd.read_csv(path, dtype=str)
+    table.loc[2, "pred"] = ""
+    table.to_csv(path, index=False)
+    results = {n: (run_dir / n).read_bytes() for n in ("oof.csv", "submission.csv", "metrics.json")}
+    proc = run_cli(str(run_dir), module="kfold_nlp.collect", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: {path}: blank or non-finite pred in 1 row(s), first at data row 3; "
+                                   f"retrain that fold (delete its result.json and resume)")
+    assert {n: (run_dir / n).read_bytes() for n in results} == results

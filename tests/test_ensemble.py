@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -197,3 +198,57 @@ def test_notebook_shows_the_ensemble_folder(two_runs, tmp_path, capsys):
     members = next(t for t in texts if "weight w/o fold 0" in t)
     assert "baseline" in members and "rdrop" in members  # the members, by their run labels
     assert any("RMSE diff 95% low" in t for t in texts)  # the comparison of the members, with intervals
+
+
+def _files(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(code, stdout, stderr) -> str:
+    assert code == 2 and stdout == "" and "Traceback" not in stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+def test_out_over_a_run_folder_is_refused_and_leaves_it_byte_identical(two_runs, tmp_path, capsys):
+    _, a, b = two_runs
+    before = _files(a)
+    line = _one_error_line(*blend_cli(capsys, a, b, "--out", a))
+    assert line == f"error: --out {a}: exists and is not an ensemble folder (a run folder's results would be " \
+                   f"overwritten); give a new folder"
+    assert _files(a) == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    _one_error_line(*blend_cli(capsys, a, b, "--out", tmp_path / "other"))
+    assert _files(tmp_path / "other") == {Path("notes.txt"): b"mine"}
+    # an ensemble folder written by this command may be rewritten, and an empty folder filled
+    assert blend_cli(capsys, a, b, "--out", tmp_path / "ens")[0] == 0
+    assert blend_cli(capsys, a, b, "--method", "mean", "--out", tmp_path / "ens")[0] == 0
+    assert json.loads((tmp_path / "ens" / "metrics.json").read_text())["method"] == "mean"
+    (tmp_path / "empty").mkdir()
+    assert blend_cli(capsys, a, b, "--out", tmp_path / "empty")[0] == 0
+
+
+def test_a_weights_json_without_members_is_no_ensemble_and_is_refused_with_one_line(two_runs, tmp_path, capsys):
+    _, a, _ = two_runs
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "weights.json").write_text(json.dumps({"x": 1.0}))
+    (odd / "metrics.json").write_text(json.dumps({"cv": {"rmse": 1.0}}))
+    assert not report.is_ensemble(odd)
+    line = _one_error_line(*blend_cli(capsys, a, odd, "--out", tmp_path / "out"))
+    assert line == f"error: {odd}: no folds.csv (not a finished run folder)"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["oof.csv", "submission.csv"])
+@pytest.mark.parametrize("value", ["", "nan", "inf"])
+def test_a_blank_or_non_finite_member_prediction_is_refused_naming_the_file(two_runs, tmp_path, capsys, name, value):
+    _, a, b = two_runs
+    table = pd.read_csv(b / name, dtype=str)
+    table.iloc[3, table.columns.get_loc("pred" if name == "oof.csv" else "target")] = value
+    table.to_csv(b / name, index=False)
+    line = _one_error_line(*blend_cli(capsys, a, b, "--out", tmp_path / "out"))
+    assert line.startswith(f"error: {b / name}: 1 blank or non-finite prediction(s), first at data row 4")
+    assert not (tmp_path / "out").exists()

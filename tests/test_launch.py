@@ -39,6 +39,6 @@ def test_collect_rebuilds_a_run_and_names_the_unfinished_folds(tiny_run, tmp_pat
 
     (run_dir / "fold_2" / "result.json").unlink()
     proc = run_cli(str(run_dir), module="kfold_nlp.collect", check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {run_dir}: fold(s) 2 not finished (no fold_<k>/result.json); "
                                    f"train them with RESUME={run_dir}")

@@ -323,6 +323,13 @@ def test_mixup_lambda_is_beta_and_eval_and_checkpoints_are_the_plain_models(mode
     torch.testing.assert_close(model(**model_inputs(batch)), plain_output(model, batch))
 
 
-def test_mixup_rejects_a_negative_alpha():
-    with pytest.raises(ValueError, match="regularizer.alpha=-1"):
-        Mixup(alpha=-1)
+@pytest.mark.parametrize("alpha", [-1, 1e-30, 0.001, 101, 1e39, float("inf"), float("nan")])
+def test_mixup_rejects_an_alpha_float32_beta_sampling_cannot_draw_from(alpha):
+    with pytest.raises(ValueError, match=r"^regularizer.alpha=\S+: must be 0 or a number >= 0.01 and <= 100$"):
+        Mixup(alpha=alpha)
+
+
+@pytest.mark.parametrize("alpha", [0, 0.01, 0.4, 100])
+def test_mixup_accepts_alpha_0_and_the_sampling_range(alpha):
+    lam, _ = Mixup(alpha=alpha).draw(4, "cpu") if alpha else (0.5, None)
+    assert 0 <= lam <= 1

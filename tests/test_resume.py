@@ -203,3 +203,56 @@ def test_a_fold_continued_from_its_snapshot_continues_its_wandb_run(tiny_run, tm
         assert len(attempts) == 2 and all(name.endswith(recorded) for name in attempts), attempts
     else:
         assert named == recorded
+
+
+@pytest.mark.parametrize("how", ["resume", "collect"])
+def test_a_finished_fold_never_keeps_its_snapshot(how, tiny_run, tmp_path):
+    """Killed between fold 1's result.json and its snapshot's removal: the next start (or collect) removes the
+    snapshot, and the results stay the run's."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
+    for name in ("snapshot", "snapshot.old", ".snapshot.a1b2.tmp"):
+        (run_dir / "fold_1" / name).mkdir()
+        (run_dir / "fold_1" / name / "state.json").write_text("{}")
+    if how == "resume":
+        run_cli(*resume_overrides(tiny_run.parent / "data", run_dir))
+    else:
+        run_cli(str(run_dir), module="kfold_nlp.collect")
+    assert not [p.name for p in (run_dir / "fold_1").iterdir() if "snapshot" in p.name]
+    for name in ("oof.csv", "submission.csv"):
+        assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes(), name
+
+
+def test_a_finished_run_is_not_cut_to_fewer_folds(tiny_run, tmp_path):
+    """Resuming a collected run with a narrower ``cv.folds`` would rewrite its oof.csv and bag with fold 0 only:
+    refused with one line, every result as it was; a parallel fold job (``collect=false``) is still let in."""
+    data, run_dir = tiny_run.parent / "data", tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts
+              and p.name != "run.log"}
+    proc = run_cli(*resume_overrides(data, run_dir), "cv.folds=[0]", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: {run_dir / 'metrics.json'}: the results cover folds [0, 1, 2]; "
+                                   f"cv.folds=[0] would cut them to fewer; resume with cv.folds covering [0, 1, 2] "
+                                   f"(or null), or start a new run")
+    assert {p: p.read_bytes() for p in before} == before
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == (run_dir / "run_config.yaml").read_text()
+
+    run_cli(*tiny_overrides(data, tmp_path / "job"), f"output={run_dir}", "collect=false", "cv.folds=[0]")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_resuming_through_latest_keeps_latest_pointing_at_the_real_folder(tiny_run, tmp_path):
+    """``RESUME=outputs/<name>/latest`` continues the folder the link names, and ``latest`` still names it (it
+    used to become ``latest -> latest``), so a second resume through it works too."""
+    data, real = tiny_run.parent / "data", tmp_path / "outputs" / "baseline" / "2026-01-01_00-00-00"
+    shutil.copytree(tiny_run, real, ignore=shutil.ignore_patterns("wandb"))
+    latest = real.parent / "latest"
+    latest.symlink_to(real.name)
+    for _ in range(2):
+        run_cli(*resume_overrides(data, latest))
+        assert latest.is_symlink() and Path(latest.readlink()).name == real.name
+        assert latest.resolve() == real.resolve()
+    assert sorted(p.name for p in real.parent.iterdir()) == [real.name, "latest"]
+    for name in ("oof.csv", "submission.csv"):
+        assert (real / name).read_bytes() == (tiny_run / name).read_bytes(), name

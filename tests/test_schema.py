@@ -89,6 +89,8 @@ BAD = {  # override -> the text the one line must carry
     "cv.bagging=max": "cv.bagging=max: must be one of mean, median",
     "model.pooling=max": "model.pooling=max: must be one of cls, mean, attention",
     "model.max_length=0": "model.max_length=0",
+    "model.max_length=1": "model.max_length=1: must be >= 3, the tokenizer's 2 special tokens and one of the text",
+    "model.max_length=2": "model.max_length=2: must be >= 3",
     "model.max_length=100000": "model.max_length=100000: must be <= 512",
     "model.head_dropout=1.0": "model.head_dropout=1.0",
     "optimizer.lr=0": "optimizer.lr=0: must be a number > 0",
@@ -104,6 +106,7 @@ BAD = {  # override -> the text the one line must carry
     "regularizer=msd regularizer.p=1": "regularizer.p=1",
     "regularizer=msd regularizer.reduce=sum": "regularizer.reduce=sum",
     "regularizer=mixout regularizer.p=-0.5": "regularizer.p=-0.5",
+    "regularizer=mixup regularizer.alpha=1000": "regularizer.alpha=1000: must be 0 or a number >= 0.01 and <= 100",
     "optimizer=sgd optimizer.momentum=1.5": "optimizer.momentum=1.5",
 }
 
@@ -134,11 +137,25 @@ def test_paths_are_checked(tmp_path):
         validate(config(f"resume={tmp_path}"))
 
 
+def test_texts_are_truncated_to_max_length_from_its_smallest_valid_value(model_cfg):
+    from kfold_nlp.cv import tokenize
+    from kfold_nlp.model import load_tokenizer
+
+    tokenizer = load_tokenizer(model_cfg)
+    smallest = tokenizer.num_special_tokens_to_add() + 1
+    validate(config(f"model.max_length={smallest}"), check_files=False)
+    texts = ["A long text " * 50, "Short.", "Two words"]
+    for max_length in (smallest, smallest + 1, 16):
+        lengths = [len(ids) for ids in tokenize(tokenizer, texts, max_length)["input_ids"]]
+        assert max(lengths) == max_length and min(lengths) >= smallest, (max_length, lengths)
+
+
 CLI = {  # through the real entry point: exit 2, one line, no run folder left behind
     "trainer.epochs=-1": "trainer.epochs=-1",
     "cv.n_splits=1": "cv.n_splits=1",
     "model.pooling=max": "model.pooling=max",
     "cv.n_splits=100": "cv.n_splits=100: must be <= the 48 rows",
+    "model.max_length=1": "model.max_length=1: must be >= 3",
 }
 
 

@@ -180,6 +180,30 @@ def test_a_data_set_without_standard_error_is_refused_with_one_line(tiny_train, 
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize("se", ["-0.5", "inf"])
+def test_a_negative_or_infinite_standard_error_is_refused_naming_file_row_and_column(se, tiny_train, tmp_path):
+    """GaussianNLL floors se at min_se (so CommonLit's anchor, se 0, is safe), which would hide a negative se;
+    an infinite one would weigh its row 0. Both are refused before anything is written."""
+    path = tmp_path / "train.csv"
+    tiny_train.astype({"standard_error": str}).assign(
+        standard_error=lambda t: t["standard_error"].mask(t.index == 4, se)).to_csv(path, index=False)
+    run_dir = tmp_path / "run"
+    proc = run_cli("model=tiny", f"data.path={path}", "data.generate=null", "cv.n_splits=3", "task=gaussian",
+                   "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: {path}: negative or infinite 'standard_error' (task=gaussian needs a finite value "
+                     f">= 0) in 1 row(s); first at data row 5 (id {tiny_train['id'][4]!r})"]
+    assert not run_dir.exists()
+
+
+def test_a_zero_standard_error_is_accepted(tiny_train):
+    from kfold_nlp.tasks import check_columns
+
+    cfg = OmegaConf.create({"task": {"_target_": "kfold_nlp.tasks.GaussianNLL"}, "data": {"path": "train.csv"}})
+    check_columns(cfg, tiny_train.assign(standard_error=tiny_train["standard_error"].mask(tiny_train.index == 0, 0)))
+
+
 def test_a_task_param_is_checked_by_the_schema():
     with pytest.raises(ConfigError, match=r"^task.min_se=-1: must be a number > 0"):
         validate(config("task=gaussian", "task.min_se=-1"), check_files=False)

@@ -1,6 +1,7 @@
 """K-fold cross-validation training pipeline for transformer text regression."""
 
 import os
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -17,11 +18,13 @@ def _minilm_path() -> str:
 def _run_dir(resume, fresh: str) -> str:
     """``resume=<run folder>`` continues that folder; otherwise a new one, ``fresh`` or ``fresh-2``, ``fresh-3``...
 
-    The folder is created here with ``os.mkdir``, which is atomic: two runs started in the same second get two
-    folders. Remembered per process, since Hydra may resolve ``hydra.run.dir`` more than once.
+    A resumed folder is its real path: resuming ``outputs/<name>/latest`` must continue (and point ``latest`` at)
+    the folder the link names, not the link. A new folder is created here with ``os.mkdir``, which is atomic: two
+    runs started in the same second get two folders. Remembered per process, since Hydra may resolve
+    ``hydra.run.dir`` more than once.
     """
     if resume:
-        return str(resume)
+        return str(Path(str(resume)).resolve())
     if fresh not in _ALLOCATED:
         os.makedirs(os.path.dirname(fresh) or ".", exist_ok=True)
         for n in range(1, 10_000):

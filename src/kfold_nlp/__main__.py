@@ -23,7 +23,8 @@ STUB = {".hydra", "run.log"}  # what Hydra writes into a run folder before our c
 
 
 def _point_latest(run_dir: Path) -> None:
-    """``outputs/<experiment>/latest`` -> the newest finished run folder."""
+    """``outputs/<experiment>/latest`` -> the newest finished run folder (its real name, never the link itself)."""
+    run_dir = run_dir.resolve()
     link = run_dir.parent / "latest"
     tmp = run_dir.parent / ".latest.tmp"
     tmp.unlink(missing_ok=True)

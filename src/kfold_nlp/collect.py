@@ -4,10 +4,10 @@ run of a run folder from its ``fold_*`` folders, ids checked against ``folds.csv
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .data import DataError
+from .data import DataError, refuse
+from .schema import ConfigError
 
 
 def collect_run(run_dir: Path) -> dict:
@@ -31,8 +31,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         metrics = collect_run(args.run_dir)
-    except DataError as err:
-        sys.exit(f"error: {err}")
+    except (DataError, ConfigError) as err:
+        refuse(err)
     c = metrics["cv"]
     print(f"Run folder: {args.run_dir} | CV RMSE {c['rmse']:.4f} | CV MSE {c['mse']:.4f} "
           f"(predicting the training mean: RMSE {c['mean_predictor_rmse']:.4f})")

@@ -54,7 +54,8 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
     rewrites ``.hydra/config.yaml`` on every start (before we can check), hence our own ``run_config.yaml``
     (unresolved: machine-independent), which a refused start also puts back for ``predict``. ``resume`` and
     ``logger`` may differ, and so may which folds a start trains (``cv.folds``: parallel fold jobs each train one)
-    and how (``launcher``, ``output``, ``collect``).
+    and how (``launcher``, ``output``, ``collect``); but a start that collects may not cover fewer folds than a
+    collected run has finished: it would cut its oof.csv and its bag to those folds.
     """
     path = run_dir / "run_config.yaml"
     if not path.exists():
@@ -67,11 +68,21 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
                      if k.split(".")[0] not in FREE_KEYS and k != "cv.folds"
                      and saved.get(k, "<unset>") != now.get(k, "<unset>"))
     if changed:
-        if save and (run_dir / ".hydra").is_dir():
-            with atomic_path(run_dir / ".hydra" / "config.yaml") as tmp:
-                tmp.write_text(path.read_text())
-        raise DataError(f"{path}: this run folder was started with another config; resume it with the same "
-                        f"overrides (differing: {', '.join(changed)})")
+        _refuse_start(run_dir, save, f"{path}: this run folder was started with another config; resume it with the "
+                                     f"same overrides (differing: {', '.join(changed)})")
+    done = [k for k in range(cfg.cv.n_splits) if (fold_dir(run_dir, k) / "result.json").exists()]
+    if cfg.get("collect", True) and (run_dir / "metrics.json").exists() and set(done) - set(expected_folds(cfg)):
+        _refuse_start(run_dir, save, f"{run_dir / 'metrics.json'}: the results cover folds {done}; "
+                                     f"cv.folds={list(cfg.cv.folds)} would cut them to fewer; resume with cv.folds "
+                                     f"covering {done} (or null), or start a new run")
+
+
+def _refuse_start(run_dir: Path, save: bool, message: str) -> None:
+    """Hydra has already written the refused start's config: put the run's own back (``predict`` reads it)."""
+    if save and (run_dir / ".hydra").is_dir():
+        with atomic_path(run_dir / ".hydra" / "config.yaml") as tmp:
+            tmp.write_text((run_dir / "run_config.yaml").read_text())
+    raise DataError(message)
 
 
 FREE_KEYS = ("resume", "logger", "launcher", "output", "collect")  # may differ between starts of one run folder
@@ -84,6 +95,19 @@ def check_ids(path: Path, ids, expected, what: str) -> None:
         first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
         raise DataError(f"{path}: ids differ from {what} (first at row {first + 1}: {len(ids)} rows, "
                         f"{len(expected)} expected); the data changed since this run started: start a new run")
+
+
+def read_preds(path: Path, expected, what: str) -> np.ndarray:
+    """A fold's ``pred`` column, its ids checked against ``expected``; a blank or non-finite prediction is refused
+    (a mean would skip it silently, or it would turn the CV score and the bag into NaN)."""
+    table = pd.read_csv(path, dtype={"id": str})
+    check_ids(path, table["id"], expected, what)
+    pred = pd.to_numeric(table["pred"], errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(pred)
+    if bad.any():
+        raise DataError(f"{path}: blank or non-finite pred in {int(bad.sum())} row(s), first at data row "
+                        f"{int(np.flatnonzero(bad)[0]) + 1}; retrain that fold (delete its result.json and resume)")
+    return pred
 
 
 def describe(cfg: DictConfig, run_dir: Path) -> str:
@@ -142,6 +166,9 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
     if main:
         for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:  # left by a killed run
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        if not cfg.trainer.keep_snapshot:  # a kill between a fold's result.json and its snapshot's removal
+            for finished in run_dir.glob("fold_*/result.json"):
+                snapshot.remove(finished.parent)
         write_csv(table, run_dir / "folds.csv")
     if not texts:
         return Prepared(train, test, folds, None, None, None, distiller)
@@ -279,27 +306,23 @@ def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]
     results = {}
     for fold in run_folds:
         fdir, rows = fold_dir(run_dir, fold), folds == fold
-        fold_oof = pd.read_csv(fdir / "oof.csv", dtype={"id": str})
-        check_ids(fdir / "oof.csv", fold_oof["id"], train["id"][rows], f"fold {fold}'s rows of folds.csv")
-        oof.loc[rows, "pred"] = fold_oof["pred"].to_numpy()
+        oof.loc[rows, "pred"] = read_preds(fdir / "oof.csv", train["id"][rows], f"fold {fold}'s rows of folds.csv")
         results[fold] = read_json(fdir / "result.json")
     oof = oof[oof["fold"].isin(run_folds)].reset_index(drop=True)
     # The floor every model must clear: each fold's rows predicted by the mean of its training rows.
     mean_pred = np.array([targets[(folds != f)].mean() for f in oof["fold"]])
     mean_rmse = float(np.sqrt(np.mean((mean_pred - oof["target"]) ** 2)))
     metrics = cv_metrics(oof, results, mean_rmse)
-    write_csv(oof, run_dir / "oof.csv")
-    if data.test is not None:
-        preds = []
-        for fold in run_folds:
-            path = fold_dir(run_dir, fold) / "test_pred.csv"
-            pred = pd.read_csv(path, dtype={"id": str})
-            check_ids(path, pred["id"], data.test["id"], "the test file")
-            preds.append(pred["pred"].to_numpy())
+    submission = None
+    if data.test is not None:  # every file read and checked before the first is written
+        preds = [read_preds(fold_dir(run_dir, fold) / "test_pred.csv", data.test["id"], "the test file")
+                 for fold in run_folds]
         # the user's own column names, as the competition's sample submission has them
-        write_csv(pd.DataFrame({cfg.data.id_col: data.test["id"], cfg.data.target_col: bag(np.stack(preds),
-                                                                                             cfg.cv.bagging)}),
-                  run_dir / "submission.csv")
+        submission = pd.DataFrame({cfg.data.id_col: data.test["id"],
+                                   cfg.data.target_col: bag(np.stack(preds), cfg.cv.bagging)})
+    write_csv(oof, run_dir / "oof.csv")
+    if submission is not None:
+        write_csv(submission, run_dir / "submission.csv")
     return metrics
 
 

@@ -15,16 +15,18 @@ import json
 import os
 import random
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
 
 from .files import write_json
 
-__all__ = ["DataError", "load_data", "load_table", "make_synthetic", "readability_features"]
+__all__ = ["DataError", "load_data", "load_table", "make_synthetic", "readability_features", "refuse"]
 
 
 class DataError(ValueError):
@@ -34,6 +36,12 @@ class DataError(ValueError):
         # Collapse embedded newlines (e.g. from pandas' messages) so logs and CLI
         # output always get a single greppable line.
         super().__init__(" ".join(str(message).split()))
+
+
+def refuse(err: Exception) -> NoReturn:
+    """End a command on bad data or configuration: its one line on stderr, exit 2 (1 is left for failures)."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 
 # --------------------------------------------------------------------------- loading

@@ -3,7 +3,9 @@
 ``python -m kfold_nlp.ensemble RUNS... [--method mean|nnls|greedy] [--out DIR] [--wandb-mode MODE]``
 (``make ensemble RUNS="..."``). RUNS are run folders, sweep folders (every run below) or earlier ensemble folders
 (their members). Members must share ``folds.csv`` (same rows, same folds: the same data and ``cv.seed``) and their
-test ids; otherwise nothing is written and the command exits 2 with one ``error:`` line.
+test ids, and have no blank prediction; ``--out`` must be new, empty or an earlier ensemble folder (never a run
+folder, whose results it would overwrite); otherwise nothing is written and the command exits 2 with one
+``error:`` line.
 
 Weights are non-negative and sum to 1 for every method, so the blend stays on the members' scale and a run blended
 with copies of itself is that run. The reported CV RMSE is *nested*: for each fold, weights fitted on the OOF rows of
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from . import stats
+from .data import refuse
 from .files import write_csv, write_json
 
 METHODS = ("mean", "nnls", "greedy")
@@ -123,6 +125,14 @@ def _read(path: Path, name: str, **kw) -> pd.DataFrame:
     return pd.read_csv(path / name, **kw)
 
 
+def _check_finite(path: Path, values: np.ndarray) -> None:
+    """A blank or non-finite prediction would make every weight and score NaN (or a silently skewed blend)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise EnsembleError(f"{path}: {int(bad.sum())} blank or non-finite prediction(s), first at data row "
+                            f"{int(np.flatnonzero(bad)[0]) + 1}; re-collect or rerun that run")
+
+
 def _same_folds(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     a, b = (f.sort_values("id", kind="stable").reset_index(drop=True) for f in (a, b))
     return (len(a) == len(b) and (a["id"] == b["id"]).all() and (a["fold"] == b["fold"]).all()
@@ -149,14 +159,15 @@ def load_members(paths: list[Path]) -> Members:
             raise EnsembleError(f"{path}: folds.csv differs from {first}'s (other rows or other folds); blend only "
                                 f"runs on the same data and cv.seed")
         oofs.append(_read(path, "oof.csv", dtype={"id": str}))
+        _check_finite(path / "oof.csv", oofs[-1]["pred"].to_numpy(float))
         subs.append(_submission(path))
+        if subs[-1] is not None:
+            _check_finite(path / "submission.csv", subs[-1].iloc[:, 1].to_numpy(float))
     try:
         rows, oof = stats.align_oof(oofs)
     except stats.FoldMismatch as err:
         raise EnsembleError(f"{paths[err.index]}: oof.csv covers other rows than {first}'s "
                             f"(a run of some folds only?)") from None
-    if np.isnan(oof).any():
-        raise EnsembleError(f"{paths[int(np.isnan(oof).any(0).argmax())]}: oof.csv has missing predictions")
     if rows["fold"].nunique() < 2:
         raise EnsembleError("the OOF rows cover one fold: no held-out fold to score the weights on")
     members = Members([_display(p) for p in paths], paths, rows, oof)
@@ -229,6 +240,17 @@ def default_out(base: Path = Path("outputs") / GROUP) -> Path:
     return out
 
 
+def check_out(out: Path | None) -> None:
+    """``--out`` may replace an earlier ensemble folder, never a run folder or anything else: its oof.csv,
+    metrics.json and submission.csv would be overwritten by the blend's."""
+    from .report import is_ensemble
+
+    if out is None or not out.exists() or (out.is_dir() and not any(out.iterdir())) or is_ensemble(out):
+        return
+    raise EnsembleError(f"--out {out}: exists and is not an ensemble folder (a run folder's results would be "
+                        f"overwritten); give a new folder")
+
+
 def write(result: dict, out: Path) -> None:
     write_json(result["weights"], out / "weights.json")
     write_csv(result["oof"], out / "oof.csv")
@@ -283,6 +305,7 @@ def main(argv=None) -> None:
     from .report import find_runs
 
     try:
+        check_out(args.out)
         try:
             runs = find_runs(args.runs, root=Path.cwd())
         except FileNotFoundError as err:
@@ -290,8 +313,7 @@ def main(argv=None) -> None:
         members = load_members(runs)
         result = blend(members, args.method, args.steps)
     except EnsembleError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        refuse(err)
     out = args.out or default_out()
     write(result, out)
     log_wandb(result, members, out, args.wandb_mode)

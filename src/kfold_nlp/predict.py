@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from .data import DataError, load_table
+from .data import DataError, load_table, refuse
 from .files import write_csv
 from .paths import offline_for_local
 
@@ -118,7 +117,7 @@ def main(argv=None) -> None:
         n_models = len(fold_models(args.run_dir, run_config(args.run_dir)))
         source = args.input or test_file(run_config(args.run_dir))
     except DataError as err:
-        sys.exit(f"error: {err}")
+        refuse(err)
     out = args.out or args.run_dir / "predictions" / source.name
     write_csv(result, out)
     print(f"Wrote {len(result)} bagged predictions from {n_models} fold models to {out}")

@@ -25,8 +25,18 @@ ROOT = Path.cwd()  # relative run and data paths are read from where the command
 
 
 def is_ensemble(folder) -> bool:
-    """A folder written by ``kfold_nlp.ensemble`` (weights.json beside metrics.json), not a run folder."""
-    return (Path(folder) / "weights.json").exists() and (Path(folder) / "metrics.json").exists()
+    """A folder written by ``kfold_nlp.ensemble``: weights.json beside a metrics.json that lists the members.
+
+    A stray weights.json in a run folder, or an unreadable metrics.json, does not make one (the folder is then
+    read as a run folder, refused with one line if it is none)."""
+    folder = Path(folder)
+    if not (folder / "weights.json").is_file():
+        return False
+    try:
+        members = json.loads((folder / "metrics.json").read_text()).get("members")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(members, dict)
 
 
 def _resolve(p, root) -> Path:

@@ -275,7 +275,11 @@ def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
 
 
 def _check_max_length(model_cfg) -> None:
-    """``max_length`` cannot exceed the backbone's position embeddings (read from its config, no weights loaded)."""
+    """``max_length`` cannot exceed the backbone's position embeddings (read from its config, no weights loaded),
+    and must leave room for one token beside the special ones: below that the tokenizer does not truncate at all
+    (it warns and returns whole texts), and at it every text would be only ``[CLS] [SEP]``."""
+    from .model import load_tokenizer
+
     from transformers import AutoConfig
 
     try:
@@ -286,6 +290,14 @@ def _check_max_length(model_cfg) -> None:
     limit = getattr(config, "max_position_embeddings", None)
     if limit and model_cfg.max_length > limit:
         raise ConfigError(f"model.max_length={model_cfg.max_length}: must be <= {limit}, the backbone's positions")
+    try:
+        special = load_tokenizer(model_cfg).num_special_tokens_to_add()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.tokenizer={model_cfg.get('tokenizer') or model_cfg.backbone}: cannot load it "
+                          f"({' '.join(str(err).split())[:200]})") from None
+    if model_cfg.max_length < special + 1:
+        raise ConfigError(f"model.max_length={model_cfg.max_length}: must be >= {special + 1}, the tokenizer's "
+                          f"{special} special tokens and one of the text")
 
 
 def _check_paths(cfg) -> None:

@@ -14,8 +14,12 @@ column 0 is the target (``model.target_column``), and OOF, test predictions and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
+from .data import _first_bad
 from .schema import ConfigError, Rule, check_params
 
 TERM_NAMES = ("target", "se")  # a multi-task head's columns, as named in the logged terms
@@ -133,3 +137,9 @@ def check_columns(cfg, table) -> None:
         if missing.any():
             raise ConfigError(f"{cfg.data.path}: {column!r} missing in {int(missing.sum())} row(s), first id "
                               f"{table['id'][missing].iloc[0]!r}; task={cls.name} needs it in every row")
+        # A noise level: 0 is CommonLit's anchor (GaussianNLL floors it at min_se), but a negative one would be
+        # floored silently and an infinite one would drop its row from the loss (or diverge a multi-task head).
+        bad = (table[column] < 0) | np.isinf(table[column])
+        if bad.any():
+            raise _first_bad(Path(cfg.data.path), table["id"], bad,
+                             f"negative or infinite {column!r} (task={cls.name} needs a finite value >= 0)")

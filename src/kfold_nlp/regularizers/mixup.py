@@ -46,7 +46,8 @@ class Mixup(Regularizer):
     """
 
     name = "mixup"
-    params = {"alpha": Rule(float, ge=0)}
+    # float32 Beta sampling degenerates outside this range: alpha 1e-30 draws 0.5 every time, 1e39 overflows
+    params = {"alpha": Rule(float, ge=0.01, le=100, also=(0,))}
 
     def __init__(self, alpha: float = 0.4):
         self.check_params(alpha=alpha)
