@@ -35,7 +35,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 setup: $(VENV)/.installed  ## virtual environment + requirements (idempotent)
 
 cv: setup  ## one CV experiment: make cv EXP=rdrop DATA=commonlit ARGS="cv.n_splits=3" [LAUNCHER=joblib|slurm] [RESUME=<run>]
-	$(PY) -m kfold_nlp experiment=$(EXP) $(if $(DATA),data=$(DATA)) $(if $(RESUME),"resume=$(RESUME)") \
+	$(PY) -m kfold_nlp $(if $(and $(RESUME),$(filter file,$(origin EXP))),,experiment=$(EXP)) \
+	    $(if $(DATA),data=$(DATA)) $(if $(RESUME),"resume=$(RESUME)") \
 	    $(if $(LAUNCHER),launcher=$(LAUNCHER)) $(ARGS)
 
 collect: setup  ## (re)build a run's oof.csv, submission.csv, metrics.json from its fold folders: make collect RUN=<run folder>

@@ -256,3 +256,31 @@ def test_resuming_through_latest_keeps_latest_pointing_at_the_real_folder(tiny_r
     assert sorted(p.name for p in real.parent.iterdir()) == [real.name, "latest"]
     for name in ("oof.csv", "submission.csv"):
         assert (real / name).read_bytes() == (tiny_run / name).read_bytes(), name
+
+
+def test_resume_from_the_folder_alone_continues_the_run_with_its_own_config(tiny_run, tmp_path):
+    """Started with non-default overrides and killed: ``resume=<folder>`` alone continues it with the config in its
+    run_config.yaml (name, folds, batch size, regularizer), ending like the uninterrupted run; an override that
+    disagrees with that config is refused with one line naming the key."""
+    data, run_dir = tiny_run.parent / "data", tmp_path / "run"
+    overrides = [o for o in tiny_overrides(data, run_dir) if not o.startswith("regularizer=")]
+    overrides += ["regularizer=msd", "cv.n_splits=2", "trainer.batch_size=4"]
+    reference = tmp_path / "reference"
+    run_cli(*[o if not o.startswith("hydra.run.dir") else f"hydra.run.dir={reference}" for o in overrides])
+    proc = start_until(overrides, b"fold 1:")
+    proc.kill()
+    proc.wait()
+    saved = (run_dir / "run_config.yaml").read_text()
+    done = run_cli(f"resume={run_dir}")  # nothing else typed
+    assert "msd: resuming folder" in done.stdout and "regularizer msd" in done.stdout
+    assert (run_dir / "run_config.yaml").read_text() == saved
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "oof.csv"), pd.read_csv(reference / "oof.csv"))
+    assert read_metrics(run_dir)["cv"]["rmse"] == read_metrics(reference)["cv"]["rmse"]
+
+    before = {p: p.read_bytes() for p in run_dir.rglob("*")  # the results, not Hydra's own files or the log
+              if p.is_file() and not {"wandb", ".hydra"} & set(p.parts) and p.name != "run.log"}
+    refused = run_cli(f"resume={run_dir}", "trainer.batch_size=8", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().startswith(f"error: {run_dir / 'run_config.yaml'}: this run was started with other "
+                                             f"values of trainer.batch_size;")
+    assert {p: p.read_bytes() for p in before} == before  # the finished run is untouched

@@ -86,6 +86,9 @@ def main(cfg: DictConfig) -> float:
     try:
         if cfg.get("resume") is not None and is_stub(run_dir):  # Hydra made the folder a typo named
             _remove_stub(run_dir)
+        if cfg.get("resume") is not None:  # the run's own config: RESUME=<folder> is enough
+            cfg = cv.adopt_run_config(cfg, list(hc.overrides.task))
+            offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
         note = resolve_run_precision(cfg)
         validate(cfg)
         tracking.check_online(cfg.logger)

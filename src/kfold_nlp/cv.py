@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate.utils import set_seed
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
@@ -61,11 +62,13 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
     if not path.exists():
         if save:
             with atomic_path(path) as tmp:
-                tmp.write_text(OmegaConf.to_yaml(cfg))
+                tmp.write_text(OmegaConf.to_yaml(_as_saved(cfg)))
         return
-    saved, now = (_flat(OmegaConf.to_container(c)) for c in (OmegaConf.load(path), cfg))
+    saved, now = (_flat(OmegaConf.to_container(c)) for c in (OmegaConf.load(path), _as_saved(cfg)))
+    if str(saved.get("name", "")).startswith("${") or str(now.get("name", "")).startswith("${"):
+        saved["name"] = now["name"]  # saved before names were resolved, or no Hydra to resolve: compare the rest
     changed = sorted(k for k in saved.keys() | now.keys()
-                     if k.split(".")[0] not in FREE_KEYS and k != "cv.folds"
+                     if k.split(".")[0] not in (*FREE_KEYS, "choices") and k != "cv.folds"
                      and saved.get(k, "<unset>") != now.get(k, "<unset>"))
     if changed:
         _refuse_start(run_dir, save, f"{path}: this run folder was started with another config; resume it with the "
@@ -75,6 +78,61 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
         _refuse_start(run_dir, save, f"{run_dir / 'metrics.json'}: the results cover folds {done}; "
                                      f"cv.folds={list(cfg.cv.folds)} would cut them to fewer; resume with cv.folds "
                                      f"covering {done} (or null), or start a new run")
+
+
+def _as_saved(cfg: DictConfig) -> DictConfig:
+    """What ``run_config.yaml`` keeps: the config unresolved (paths of this machine's packages stay resolvers), but
+    the run's name resolved and Hydra's group choices beside it, so that a resume from the folder alone is the same
+    run (the name follows the choices of the start that made it, not of the one that resumes it)."""
+    saved = OmegaConf.create(OmegaConf.to_container(cfg))
+    name = OmegaConf.select(cfg, "name", throw_on_resolution_failure=False)  # None outside Hydra (compose API)
+    if name is not None:
+        saved.name = str(name)
+    if "choices" not in saved:
+        saved.choices = _hydra_choices()
+    return saved
+
+
+def _hydra_choices() -> dict:
+    try:
+        return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
+    except ValueError:  # not under Hydra
+        return {}
+
+
+def adopt_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """``resume=<folder>`` continues the run with the config in its ``run_config.yaml``: nothing needs typing again.
+
+    An override given beside it must agree with that config (the start is refused naming the keys that differ);
+    the keys that may differ between starts (``FREE_KEYS``, ``cv.folds``) come from this start. An ``experiment=``
+    preset is compared key by key like any start (``check_run_config``).
+    """
+    path = Path(cfg.resume) / "run_config.yaml"
+    if not path.is_file():
+        return cfg  # refused by the schema with one line
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    if any(k.split("/")[0] == "experiment" for k in keys):
+        return cfg
+    try:
+        saved = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001  (yaml's own errors)
+        raise DataError(f"{path}: unreadable ({' '.join(str(err).split())[:120]}); restore it or start a new "
+                        f"run") from None
+    given = [k for k in keys if k.split(".")[0].split("/")[0] not in (*FREE_KEYS, "hydra") and k != "cv.folds"]
+    differing = [k for k in given if _value(cfg, k) != _value(saved, k)]
+    if differing:
+        _refuse_start(Path(cfg.resume), True, f"{path}: this run was started with other values of "
+                                              f"{', '.join(differing)}; resume it with RESUME={cfg.resume} alone, "
+                                              f"or start a new run")
+    own = {k: cfg.get(k) for k in FREE_KEYS} | ({"cv": {"folds": cfg.cv.folds}} if "cv.folds" in keys else {})
+    adopted = OmegaConf.merge(saved, OmegaConf.create(own))
+    OmegaConf.set_struct(adopted, True)
+    return adopted
+
+
+def _value(cfg, key: str):
+    value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def _refuse_start(run_dir: Path, save: bool, message: str) -> None:
@@ -112,13 +170,7 @@ def read_preds(path: Path, expected, what: str) -> np.ndarray:
 
 def describe(cfg: DictConfig, run_dir: Path) -> str:
     """The one-line summary a run starts with (the full config is in ``.hydra/config.yaml``)."""
-    choices = {}
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = HydraConfig.get().runtime.choices
-    except ValueError:  # not under Hydra
-        pass
+    choices = cfg.get("choices") or _hydra_choices()  # a resumed run's are those of its first start
     folds = f"folds {list(cfg.cv.folds)} of {cfg.cv.n_splits}" if cfg.cv.folds is not None else f"{cfg.cv.n_splits} folds"
     return (f"{cfg.name}: {'resuming' if cfg.get('resume') else 'run'} folder {run_dir} | data {cfg.data.path} | "
             f"model {choices.get('model', cfg.model.backbone)} (max_length {cfg.model.max_length}, "
