@@ -22,7 +22,7 @@ endif
 
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup cv collect predict test bench race compare sweep hpo notebook ensemble clean
+.PHONY: help setup cv collect predict test lint bench race compare sweep hpo notebook ensemble clean
 
 help:  ## this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,6 +47,9 @@ predict: setup  ## bagged predictions of a run's fold models: make predict RUN=o
 
 test: setup  ## the test suite (tiny random models, no network)
 	$(PY) -m pytest
+
+lint: setup  ## ruff over src/ and tests/ (the rules in pyproject.toml); tests/test_lint.py runs it too
+	$(PY) -m ruff check src tests
 
 bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU or GPU)
 	$(PY) -m kfold_nlp.bench $(ARGS)

@@ -67,12 +67,14 @@ def wandb_runs(run_dir: Path) -> list[dict]:
     wandb = str(Path(sys.executable).with_name("wandb"))
     runs = []
     for path in sorted((run_dir / "wandb").glob("offline-run-*")):
-        out = subprocess.run([wandb, "leet", "inspect", "--summary", "--json", str(path)], capture_output=True, text=True)
+        out = subprocess.run([wandb, "leet", "inspect", "--summary", "--json", str(path)], capture_output=True,
+                             text=True)
         if out.returncode:  # the log of a process killed while writing it may not parse
             runs.append({"name": None, "state": "unreadable", "summary": {}, "path": path.name})
             continue
         info = json.loads(out.stdout)
-        out = subprocess.run([wandb, "leet", "inspect", "--json", str(path)], capture_output=True, text=True, check=True)
+        out = subprocess.run([wandb, "leet", "inspect", "--json", str(path)], capture_output=True, text=True,
+                             check=True)
         records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         run = next((r["run"] for r in records if r["type"] == "run"), {})  # a killed run may have none
         info |= {"group": run.get("run_group"), "job_type": run.get("job_type"),

@@ -45,5 +45,6 @@ for batch in loader:
 masks, all_targets = accelerator.gather(mask[None]), accelerator.gather(targets[None])
 if accelerator.is_main_process:
     params = {k: v.detach().cpu() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-    torch.save({"params": params, "start": start, "masks": masks, "targets": all_targets, "processes": accelerator.num_processes},
+    torch.save({"params": params, "start": start, "masks": masks, "targets": all_targets,
+                "processes": accelerator.num_processes},
                f"{out}/result.pt")

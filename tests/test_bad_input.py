@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+
 from conftest import run_cli
 
 GOOD = pd.DataFrame({

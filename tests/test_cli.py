@@ -10,8 +10,8 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli, start_until, tiny_overrides
 
+from conftest import ROOT, run_cli, start_until, tiny_overrides
 from kfold_nlp import _run_dir
 
 

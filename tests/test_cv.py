@@ -9,10 +9,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import read_metrics, run_cli, tiny_overrides, wandb_runs
-
 from hydra import compose, initialize_config_dir
 
+from conftest import read_metrics, run_cli, tiny_overrides, wandb_runs
 from kfold_nlp import cv
 from kfold_nlp.folds import make_folds, sturges_bins
 from kfold_nlp.paths import CONFIG_DIR

@@ -71,7 +71,8 @@ def test_require_target_false_ignores_bad_target(tmp_path):
 
 
 def test_custom_column_names(tmp_path):
-    df = load_table(write(tmp_path, "key,body,score\nk,Body text.,2.5\n"), id_col="key", text_col="body", target_col="score")
+    df = load_table(write(tmp_path, "key,body,score\nk,Body text.,2.5\n"), id_col="key", text_col="body",
+                    target_col="score")
     assert df.iloc[0].to_dict() == {"id": "k", "text": "Body text.", "target": 2.5}
 
 

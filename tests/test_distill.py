@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from accelerate.state import AcceleratorState, GradientState
-from conftest import run_cli, tiny_overrides
 from hydra import compose, initialize_config_dir
 
+from conftest import run_cli, tiny_overrides
 from kfold_nlp import cv, distill
 from kfold_nlp.data import DataError
 from kfold_nlp.paths import CONFIG_DIR

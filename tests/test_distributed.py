@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import torch
+
 from conftest import ROOT, read_metrics, tiny_overrides, wandb_runs
 
 

@@ -11,9 +11,9 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+
 from conftest import run_cli, wandb_runs
 from fake_runs import rows, write_run
-
 from kfold_nlp import ensemble, report, stats
 
 METHODS = list(ensemble.METHODS)

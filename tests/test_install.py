@@ -21,7 +21,8 @@ def test_a_non_editable_install_finds_conf_and_notebook(tmp_path):
                     str(target), str(src)], check=True, capture_output=True)
     shutil.rmtree(src)  # nothing may be read from the source tree any more
     env = os.environ | {"PYTHONPATH": str(target)}
-    where = subprocess.run([sys.executable, "-c", "import kfold_nlp.paths as p; print(p.CONFIG_DIR); print(p.NOTEBOOK)"],
+    where = subprocess.run([sys.executable, "-c",
+                            "import kfold_nlp.paths as p; print(p.CONFIG_DIR); print(p.NOTEBOOK)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert all(path.startswith(str(target)) for path in where), where
     assert (target / "kfold_nlp" / "conf" / "experiment" / "rdrop.yaml").is_file()

@@ -1,4 +1,5 @@
-"""Folds as parallel Hydra jobs (joblib, submitit) into one run folder, then one collect: the sequential run's result."""
+"""Folds as parallel Hydra jobs (joblib, submitit) into one run folder, then one collect: the sequential run's
+result."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import read_metrics, run_cli, tiny_overrides
 
+from conftest import read_metrics, run_cli, tiny_overrides
 from kfold_nlp import hardware
 
 

@@ -9,11 +9,11 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, read_metrics, run_cli
 from omegaconf import OmegaConf
-from test_sweep import two_job_sweep  # noqa: F401  (the shared session fixture)
 
+from conftest import ROOT, read_metrics, run_cli
 from kfold_nlp import report
+from test_sweep import two_job_sweep  # noqa: F401  (the shared session fixture)
 
 NOTEBOOK = ROOT / "notebooks" / "oof_analysis.ipynb"
 
@@ -37,7 +37,8 @@ def test_notebook_executes_headless_on_the_sweep_and_compares_both_jobs(two_job_
     assert "baseline" in comparison and "msd" in comparison
     rmse = read_metrics(two_job_sweep / "1")["cv"]["rmse"]
     assert f"{rmse:.4f}" in next(t for t in texts if "CV RMSE" in t)
-    assert "validation MSE" in html and "Worst-predicted excerpts" in html and "report.find_runs(" not in html  # code hidden
+    assert "validation MSE" in html and "Worst-predicted excerpts" in html
+    assert "report.find_runs(" not in html  # code hidden
 
 
 def test_helpers_find_runs_and_read_texts(two_job_sweep):

@@ -14,13 +14,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, read_metrics, run_cli, start_until, tiny_overrides
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from kfold_nlp.paths import CONFIG_DIR
+from conftest import ROOT, read_metrics, run_cli, start_until, tiny_overrides
 from kfold_nlp.cv import check_run_config
 from kfold_nlp.data import DataError
+from kfold_nlp.paths import CONFIG_DIR
 
 TEMP = re.compile(r"\..+\.tmp")  # files.atomic_path's temporary names
 

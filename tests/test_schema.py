@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tiny_overrides
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from conftest import run_cli, tiny_overrides
 from kfold_nlp.paths import CONFIG_DIR
 from kfold_nlp.schema import OPTIMIZER, RULES, ConfigError, is_missing, regularizer_class, validate
 from kfold_nlp.tasks import task_class
 
-GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name not in ("hydra", "hpo") and not p.name.startswith("."))
+GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir()
+                if p.is_dir() and p.name not in ("hydra", "hpo") and not p.name.startswith("."))
 
 
 def config(*overrides: str):

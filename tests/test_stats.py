@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from fake_runs import rows, write_run
 from scipy import stats as sps
 
+from fake_runs import rows, write_run
 from kfold_nlp import stats
 from kfold_nlp.summary import collect, compare_table, seed_table, sweep_table, write_compare, write_sweep
 

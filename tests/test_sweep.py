@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 from omegaconf import OmegaConf
-from conftest import ROOT, read_metrics, run_cli, tiny_overrides, wandb_runs
 
+from conftest import ROOT, read_metrics, run_cli, tiny_overrides, wandb_runs
 from kfold_nlp.summary import collect, seed_table, sweep_table, write_compare, write_sweep
 
 RUN_FILES = ["metrics.json", "oof.csv", "folds.csv", "submission.csv", "fold_0/oof.csv", "fold_1/result.json"]
@@ -21,7 +21,8 @@ RUN_FILES = ["metrics.json", "oof.csv", "folds.csv", "submission.csv", "fold_0/o
 
 def sweep(base: Path, *args: str, logger: str = "disabled", check: bool = True):
     """A tiny multirun (2 folds) into ``base/sweep``; returns (sweep folder, process)."""
-    over = [o if not o.startswith("cv.n_splits") else "cv.n_splits=2" for o in tiny_overrides(base / "data", base / "unused", logger=logger)]
+    over = [o if not o.startswith("cv.n_splits") else "cv.n_splits=2"
+            for o in tiny_overrides(base / "data", base / "unused", logger=logger)]
     if any(a.startswith("regularizer=") for a in args):  # the sweep's own choice of regularizer, given once
         over = [o for o in over if not o.startswith("regularizer=")]
     proc = run_cli("-m", *over, f"hydra.sweep.dir={base / 'sweep'}", *args, check=check)
@@ -88,7 +89,8 @@ def test_sweep_wandb_runs_are_grouped_per_job_and_never_shared(two_job_sweep):
         runs = {r["name"]: r for r in wandb_runs(two_job_sweep / job)}
         assert sorted(runs) == [f"{group}-cv", f"{group}-fold0", f"{group}-fold1"]
         assert all(r["group"] == group and r["state"] == "finished" for r in runs.values())
-        assert runs[f"{group}-cv"]["summary"]["cv/rmse"] == pytest.approx(read_metrics(two_job_sweep / job)["cv"]["rmse"])
+        expected = read_metrics(two_job_sweep / job)["cv"]["rmse"]
+        assert runs[f"{group}-cv"]["summary"]["cv/rmse"] == pytest.approx(expected)
         ids = {r["run_id"] for r in runs.values()}
         assert len(ids) == 3 and not ids & seen
         seen |= ids
@@ -109,10 +111,12 @@ def test_failing_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
 
 def test_joblib_launcher_runs_jobs_in_parallel_workers_with_offline_wandb(tmp_path, two_job_sweep):
     # hydra issue 1320: W&B inside loky workers; offline mode writes real run files there.
-    sweep_dir, _ = sweep(tmp_path, "regularizer=baseline,msd", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", logger="offline")
+    sweep_dir, _ = sweep(tmp_path, "regularizer=baseline,msd", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                         logger="offline")
     rows = assert_complete_sweep(sweep_dir, 2).set_index("job")
     basic = summary_rows(two_job_sweep).set_index("job")
-    assert rows.loc[["0", "1"], "cv_rmse"].tolist() == pytest.approx(basic.loc[["0", "1"], "cv_rmse"].tolist(), rel=1e-3)
+    expected = basic.loc[["0", "1"], "cv_rmse"].tolist()
+    assert rows.loc[["0", "1"], "cv_rmse"].tolist() == pytest.approx(expected, rel=1e-3)
     for job, name in [("0", "baseline"), ("1", "msd")]:
         group = f"{name}-{sweep_dir.name}-job{job}"
         assert wandb_states(sweep_dir / job) == [(f"{group}-{k}", "finished", 0) for k in ("cv", "fold0", "fold1")]
@@ -145,7 +149,8 @@ def test_hpo_presets_search_keys_that_exist_for_their_regularizer(preset):
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
     assert sweeper.sampler._target_.endswith("TPESampler") and sweeper.sampler.seed is not None
-    assert cfg.regularizer._target_.endswith({"rdrop": ".RDrop", "msd": ".MultiSampleDropout", "baseline": ".Regularizer"}[preset])
+    classes = {"rdrop": ".RDrop", "msd": ".MultiSampleDropout", "baseline": ".Regularizer"}
+    assert cfg.regularizer._target_.endswith(classes[preset])
     assert "optimizer.lr" in sweeper.params
     for key in sweeper.params:  # the regularizer choice decides which keys exist
         assert OmegaConf.select(cfg, key) is not None, key

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TEXTS, read_metrics, run_cli, tiny_overrides, wandb_runs
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import save_model
 
+from conftest import TEXTS, read_metrics, run_cli, tiny_overrides, wandb_runs
 from kfold_nlp import predict as predict_module
 from kfold_nlp.model import build_model, load_tokenizer, target_column
 from kfold_nlp.optim import build_optimizer

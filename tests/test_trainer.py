@@ -9,14 +9,19 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from kfold_nlp.paths import CONFIG_DIR
-from kfold_nlp.model import tokenize
-from kfold_nlp.model import build_model, load_tokenizer
+from kfold_nlp.model import build_model, load_tokenizer, tokenize
 from kfold_nlp.optim import build_optimizer, weight_penalty
+from kfold_nlp.paths import CONFIG_DIR
 from kfold_nlp.regularizers import Regularizer
 from kfold_nlp.tasks import Task
 from kfold_nlp.trainer import (
-    Diverged, EncodedRows, eval_points, make_accelerator, make_loader, micro_batch_groups, optimizer_step,
+    Diverged,
+    EncodedRows,
+    eval_points,
+    make_accelerator,
+    make_loader,
+    micro_batch_groups,
+    optimizer_step,
     train_fold,
 )
 
@@ -131,7 +136,8 @@ def test_a_non_finite_loss_or_validation_mse_stops_the_fold_at_once(where, monke
 def test_the_divergence_hint_suggests_fp32_only_to_a_run_that_is_not_fp32():
     assert str(Diverged(1, 5, "loss", float("nan"), "bf16")) == ("fold 1 diverged at step 5 (loss nan); lower "
                                                                  "optimizer.lr or use trainer.precision=fp32")
-    assert str(Diverged(1, 5, "loss", float("nan"), "fp32")) == "fold 1 diverged at step 5 (loss nan); lower optimizer.lr"
+    assert str(Diverged(1, 5, "loss", float("nan"), "fp32")) == ("fold 1 diverged at step 5 (loss nan); lower "
+                                                                 "optimizer.lr")
 
 
 def fit_fold_of(n_rows: int, batch_size: int, *overrides: str, fold: int = 0):

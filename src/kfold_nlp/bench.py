@@ -30,6 +30,7 @@ from kfold_nlp.paths import CONFIG_DIR
 from kfold_nlp.tasks import Task
 from kfold_nlp.trainer import keep_freed_memory, release_freed_memory
 
+
 def conf_dir() -> Path:
     return Path(CONFIG_DIR)
 
@@ -114,7 +115,7 @@ class Memory:
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
         elif "VmHWM" in self.kind:
-            line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+            line = next(r for r in Path("/proc/self/status").read_text().splitlines() if r.startswith("VmHWM:"))
             peak = int(line.split()[1]) * 1024
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

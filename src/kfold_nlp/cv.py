@@ -171,7 +171,8 @@ def read_preds(path: Path, expected, what: str) -> np.ndarray:
 def describe(cfg: DictConfig, run_dir: Path) -> str:
     """The one-line summary a run starts with (the full config is in ``.hydra/config.yaml``)."""
     choices = cfg.get("choices") or _hydra_choices()  # a resumed run's are those of its first start
-    folds = f"folds {list(cfg.cv.folds)} of {cfg.cv.n_splits}" if cfg.cv.folds is not None else f"{cfg.cv.n_splits} folds"
+    n = cfg.cv.n_splits
+    folds = f"folds {list(cfg.cv.folds)} of {n}" if cfg.cv.folds is not None else f"{n} folds"
     return (f"{cfg.name}: {'resuming' if cfg.get('resume') else 'run'} folder {run_dir} | data {cfg.data.path} | "
             f"model {choices.get('model', cfg.model.backbone)} (max_length {cfg.model.max_length}, "
             f"{cfg.model.pooling} pooling) | regularizer {choices.get('regularizer', '?')} | "

@@ -30,7 +30,8 @@ __all__ = ["DataError", "load_data", "load_table", "make_synthetic", "readabilit
 
 
 class DataError(ValueError):
-    """Bad input data. str(err) is ONE line that names the file (and the row/column/key when relevant) and the problem."""
+    """Bad input data. str(err) is ONE line that names the file (and the row/column/key when relevant) and the
+    problem."""
 
     def __init__(self, message: str) -> None:
         # Collapse embedded newlines (e.g. from pandas' messages) so logs and CLI
@@ -203,7 +204,8 @@ _COMMON = {
         "saw found took made held liked kept had left met read built fed hid got sold lost loved "
         "wanted pushed pulled opened fixed washed packed"
     ).split(),
-    "vi": "ran sat slept waited smiled walked jumped stayed laughed sang cried played swam hopped rested danced went came stood fell".split(),
+    "vi": ("ran sat slept waited smiled walked jumped stayed laughed sang cried played swam hopped rested danced went "
+           "came stood fell").split(),
     "adv": "fast soon then now here there still well again too today slowly".split(),
 }
 _RARE = {
@@ -262,7 +264,7 @@ def readability_features(text: str) -> dict[str, float]:
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _can_fill(m: int, obj: bool, adv: bool) -> bool:
     """Whether a clause tail of exactly m words can be built from the remaining piece kinds."""
     if m == 0:

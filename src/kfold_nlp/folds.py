@@ -22,7 +22,8 @@ def make_folds(target, n_splits: int = 5, seed: int = 42, bins: int | str = "stu
     labels = pd.cut(target, n_bins, labels=False) if n_bins > 1 else np.zeros(len(target), dtype=int)
     folds = np.empty(len(target), dtype=int)
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # the extreme bins are often smaller than n_splits; they are spread as far as they go
+    # the extreme bins are often smaller than n_splits; they are spread as far as they go
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
         for k, (_, val) in enumerate(splitter.split(np.zeros(len(target)), labels)):
             folds[val] = k

@@ -79,7 +79,8 @@ def usable_cores() -> int:
 
 def threads_for_this_process() -> int:
     """Intra-op threads: the launcher's share when it set one (parallel fold jobs split the cores), else
-    ``OMP_NUM_THREADS`` when set, else every usable core. More threads than cores oversubscribes the OpenMP pools and slows every process on the machine."""
+    ``OMP_NUM_THREADS`` when set, else every usable core. More threads than cores oversubscribes the OpenMP pools
+    and slows every process on the machine."""
     for name in (THREADS_ENV, "OMP_NUM_THREADS"):  # ours, then the user's (or joblib's workers': cores / n_jobs)
         share = os.environ.get(name, "")
         if share.isdigit() and int(share) > 0:

@@ -30,7 +30,8 @@ def job_command(cfg, run_dir: Path, overrides: list[str], folds: list[int]) -> l
     (``resume``: its ``run_config.yaml``), so a launcher start resumed from the folder alone trains the same run."""
     kept = [o for o in overrides if _key(o) not in DROPPED and not _key(o).startswith("hydra/launcher")]
     return [sys.executable, "-m", "kfold_nlp", "-m", *kept, f"hydra/launcher={cfg.launcher}", f"output={run_dir}",
-            f"resume={run_dir}", "collect=false", "cv.folds=" + ",".join(f"[{k}]" for k in folds), f"hydra.sweep.dir={run_dir / '.jobs'}"]
+            f"resume={run_dir}", "collect=false", "cv.folds=" + ",".join(f"[{k}]" for k in folds),
+            f"hydra.sweep.dir={run_dir / '.jobs'}"]
 
 
 def run(cfg, run_dir: Path, overrides: list[str]) -> dict:

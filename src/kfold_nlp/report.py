@@ -17,9 +17,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from .ensemble import members_table
-from .summary import collect
-
 from .paths import NOTEBOOK
+from .summary import collect
 
 ROOT = Path.cwd()  # relative run and data paths are read from where the command runs (the repository's root)
 
@@ -126,12 +125,14 @@ def load_runs(runs: list[Path]) -> pd.DataFrame:
     for run in runs:
         row = collect(run).iloc[0].to_dict()
         folds = json.loads((run / "metrics.json").read_text())["folds"]
-        rows.append(row | {"path": run} | {f"fold {k} RMSE": v["rmse"] for k, v in sorted(folds.items(), key=lambda kv: int(kv[0]))})
+        by_fold = sorted(folds.items(), key=lambda kv: int(kv[0]))
+        rows.append(row | {"path": run} | {f"fold {k} RMSE": v["rmse"] for k, v in by_fold})
     df = pd.DataFrame(rows)
     common = set.intersection(*[set(o.split()) for o in df["overrides"]])
     df["label"] = df["name"].astype(str)
     dup = df["label"].duplicated(keep=False)
-    df.loc[dup, "label"] += " " + df.loc[dup, "overrides"].map(lambda o: " ".join(t for t in o.split() if t not in common))
+    df.loc[dup, "label"] += " " + df.loc[dup, "overrides"].map(
+        lambda o: " ".join(t for t in o.split() if t not in common))
     dup = df["label"].duplicated(keep=False)
     df.loc[dup, "label"] += " (" + df.loc[dup, "path"].map(lambda p: p.name) + ")"
     return df

@@ -21,7 +21,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from .hardware import PRECISIONS
 from .model import Pooler
 
-_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}
+_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+          dict: "a mapping"}
 
 
 class ConfigError(ValueError):
@@ -278,9 +279,9 @@ def _check_max_length(model_cfg) -> None:
     """``max_length`` cannot exceed the backbone's position embeddings (read from its config, no weights loaded),
     and must leave room for one token beside the special ones: below that the tokenizer does not truncate at all
     (it warns and returns whole texts), and at it every text would be only ``[CLS] [SEP]``."""
-    from .model import load_tokenizer
-
     from transformers import AutoConfig
+
+    from .model import load_tokenizer
 
     try:
         config = AutoConfig.from_pretrained(model_cfg.backbone, **dict(model_cfg.config_overrides or {}))

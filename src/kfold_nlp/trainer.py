@@ -60,7 +60,8 @@ def make_loader(dataset: EncodedRows, tokenizer, batch_size: int, train: bool, s
     """Dynamic padding; training batches are length-grouped (shuffled megabatches), evaluation sorted by length."""
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
     if train:
-        sampler = LengthGroupedSampler(batch_size, lengths=dataset.lengths, generator=torch.Generator().manual_seed(seed))
+        sampler = LengthGroupedSampler(batch_size, lengths=dataset.lengths,
+                                       generator=torch.Generator().manual_seed(seed))
     else:
         sampler = np.argsort(dataset.lengths, kind="stable").tolist()
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers)
@@ -72,10 +73,9 @@ def _glibc():
 
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # glibc only
-        return libc
-    except (OSError, AttributeError):
+    except OSError:
         return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None  # glibc only
 
 
 def keep_freed_memory() -> bool:

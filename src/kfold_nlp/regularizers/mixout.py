@@ -34,7 +34,7 @@ class MixLinear(nn.Linear):
         self.register_buffer("target", self.weight.detach().clone(), persistent=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, p: float) -> "MixLinear":
+    def from_linear(cls, linear: nn.Linear, p: float) -> MixLinear:
         """Wrap an existing layer: shares its parameters and takes its current weight as the pretrained target."""
         mixed = cls(linear.in_features, linear.out_features, linear.bias is not None, p, device="meta")
         mixed.weight = linear.weight

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..schema import PROBABILITY, Rule
 from ..model import head_outputs
+from ..schema import PROBABILITY, Rule
 from .base import LossFn, LossParts, Regularizer, model_inputs
 
 REDUCTIONS = ("loss", "prediction")

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..schema import Rule
 from ..model import target_column
+from ..schema import Rule
 from .base import LossFn, LossParts, Regularizer, model_inputs
 
 
