@@ -112,7 +112,8 @@ def wandb_run(cfg, *, run_dir, group: str, name: str, job_type: str, tags=(), ru
             job_type=job_type,
             name=name,
             tags=[*cfg.logger.tags, *tags],
-            config=OmegaConf.to_container(cfg, resolve=True) | {"hardware": hardware.record(cfg.trainer.precision)},
+            config=OmegaConf.to_container(cfg, resolve=True)
+            | {"hardware": hardware.record(OmegaConf.select(cfg, "trainer.precision"))},
             dir=str(run_dir),
             reinit="finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True),
