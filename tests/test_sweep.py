@@ -23,7 +23,7 @@ def sweep(base: Path, *args: str, logger: str = "disabled", check: bool = True):
     """A tiny multirun (2 folds) into ``base/sweep``; returns (sweep folder, process)."""
     over = [o if not o.startswith("cv.n_splits") else "cv.n_splits=2"
             for o in tiny_overrides(base / "data", base / "unused", logger=logger)]
-    if any(a.startswith("regularizer=") for a in args):  # the sweep's own choice of regularizer, given once
+    if any(a.startswith(("regularizer=", "+hpo=")) for a in args):  # the sweep's (or preset's) own regularizer
         over = [o for o in over if not o.startswith("regularizer=")]
     proc = run_cli("-m", *over, f"hydra.sweep.dir={base / 'sweep'}", *args, check=check)
     return base / "sweep", proc
