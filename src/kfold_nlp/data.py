@@ -24,19 +24,10 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
+from .errors import ConfigError, DataError
 from .files import write_json
 
 __all__ = ["DataError", "load_data", "load_table", "make_synthetic", "readability_features", "refuse"]
-
-
-class DataError(ValueError):
-    """Bad input data. str(err) is ONE line that names the file (and the row/column/key when relevant) and the
-    problem."""
-
-    def __init__(self, message: str) -> None:
-        # Collapse embedded newlines (e.g. from pandas' messages) so logs and CLI
-        # output always get a single greppable line.
-        super().__init__(" ".join(str(message).split()))
 
 
 def refuse(err: Exception) -> NoReturn:
@@ -52,7 +43,7 @@ def refuse(err: Exception) -> NoReturn:
 _NA_TOKENS = ("nan", "na", "n/a", "null", "none")
 
 
-def _first_bad(path: Path, ids: pd.Series, bad: pd.Series, what: str) -> DataError:
+def first_bad_row(path: Path, ids: pd.Series, bad: pd.Series, what: str) -> DataError:
     """Build the error for the first row flagged in `bad` (1-based data row) plus the count."""
     pos = int(np.flatnonzero(bad.to_numpy())[0])
     return DataError(
@@ -116,12 +107,12 @@ def load_table(
 
     ids = raw[id_col]
     if ids.isna().any():
-        raise _first_bad(path, ids, ids.isna(), f"empty {id_col!r}")
+        raise first_bad_row(path, ids, ids.isna(), f"empty {id_col!r}")
 
     text = raw[text_col]
     bad_text = text.isna() | (text.str.strip() == "")
     if bad_text.any():
-        raise _first_bad(path, ids, bad_text, f"empty, whitespace-only or missing {text_col!r}")
+        raise first_bad_row(path, ids, bad_text, f"empty, whitespace-only or missing {text_col!r}")
 
     out = pd.DataFrame({"id": ids.astype(str), "text": text.astype(str)})
 
@@ -129,13 +120,13 @@ def load_table(
         target, _ = _numeric(raw[target_col])
         bad_target = ~np.isfinite(target)
         if bad_target.any():
-            raise _first_bad(path, ids, bad_target, f"missing or non-numeric {target_col!r}")
+            raise first_bad_row(path, ids, bad_target, f"missing or non-numeric {target_col!r}")
         out["target"] = target
 
     if "standard_error" in raw.columns:
         se, bad_se = _numeric(raw["standard_error"])
         if bad_se.any():
-            raise _first_bad(path, ids, bad_se, "non-numeric 'standard_error'")
+            raise first_bad_row(path, ids, bad_se, "non-numeric 'standard_error'")
         out["standard_error"] = se
 
     dup = ids.duplicated(keep=False)
@@ -162,8 +153,6 @@ def load_data(data_cfg, n_splits: int) -> tuple[pd.DataFrame, pd.DataFrame | Non
     The test file is ``data.test_path``, or ``test.csv`` beside the train file. The synthetic set is (re)generated
     first when ``data.generate`` asks for it.
     """
-    from .schema import ConfigError
-
     path = Path(data_cfg.path)
     if data_cfg.get("generate") and (not path.exists() or (path.parent / "params.json").exists()):
         make_synthetic(path.parent, **data_cfg.generate)  # never over a file it did not generate: the user's own

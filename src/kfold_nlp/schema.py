@@ -18,18 +18,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .errors import ConfigError
 from .hardware import PRECISIONS
 from .model import Pooler
 
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
           dict: "a mapping"}
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; ``str(err)`` is one line naming the key (``error: <it>`` is what users see)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
 
 
 def _show(value) -> str:

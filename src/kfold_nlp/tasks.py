@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import _first_bad
-from .schema import ConfigError, Rule, check_params
+from .data import first_bad_row
+from .errors import ConfigError
+from .schema import Rule, check_params
 
 TERM_NAMES = ("target", "se")  # a multi-task head's columns, as named in the logged terms
 
@@ -141,5 +142,5 @@ def check_columns(cfg, table) -> None:
         # floored silently and an infinite one would drop its row from the loss (or diverge a multi-task head).
         bad = (table[column] < 0) | np.isinf(table[column])
         if bad.any():
-            raise _first_bad(Path(cfg.data.path), table["id"], bad,
+            raise first_bad_row(Path(cfg.data.path), table["id"], bad,
                              f"negative or infinite {column!r} (task={cls.name} needs a finite value >= 0)")
