@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from omegaconf import OmegaConf
 
 from . import hardware
-from .schema import ConfigError
+from .errors import ConfigError
 
 os.environ.setdefault("WANDB_SILENT", "true")
 log = logging.getLogger(__name__)
