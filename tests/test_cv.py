@@ -161,7 +161,7 @@ def test_results_are_assembled_by_id_never_by_position(tiny_run, tmp_path):
     train.loc[5, "id"] = "changed"
     train.to_csv(data / "train.csv", index=False)
     proc = run_cli(*resume, check=False)
-    assert proc.returncode == 2 and "folds.csv: ids differ from the train file" in proc.stderr
+    assert proc.returncode == 2 and f"the train file changed since {run_dir} started (ids differ)" in proc.stderr
 
 
 def test_memory_per_fold_is_recorded_and_does_not_grow(tiny_run):

@@ -3,6 +3,7 @@ reach only their own fold's training rows, and every refusal is one line before 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -150,11 +151,16 @@ def test_a_teacher_with_other_folds_is_refused_before_anything_is_written(tiny_r
     assert not run_dir.exists()
 
 
-def test_missing_teacher_models_and_reused_ids_are_refused(tiny_run, tiny_train, tmp_path):
+def test_missing_teacher_folds_and_models_and_reused_ids_are_refused(tiny_run, tiny_train, tmp_path):
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     for name in ("folds.csv", "run_config.yaml"):
         shutil.copy(tiny_run / name, teacher / name)
+    with pytest.raises(DataError, match=r"fold_0/result.json: not found; the teacher's fold 0 did not finish"):
+        cv.prepare(config(tiny_run, f"distill.teacher={teacher}"), tmp_path / "run")
+    for k in range(3):
+        (teacher / f"fold_{k}").mkdir()
+        shutil.copy(tiny_run / f"fold_{k}" / "result.json", teacher / f"fold_{k}" / "result.json")
     with pytest.raises(DataError, match=r"fold_0/model.safetensors: not found"):
         cv.prepare(config(tiny_run, f"distill.teacher={teacher}"), tmp_path / "run")
     reused = tmp_path / "reused.csv"
@@ -176,3 +182,37 @@ def test_distill_config_is_checked(tiny_run, overrides, message):
 def test_a_teacher_that_is_not_a_run_folder_is_refused(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match=r"distill.teacher=.*: not a run folder"):
         validate(config(tiny_run, f"distill.teacher={tmp_path}"))
+
+
+def test_a_teacher_trained_on_other_texts_with_the_same_ids_and_folds_is_refused(tiny_run, tiny_train, tmp_path):
+    """Same ids and targets (so the same folds), other texts: its soft targets would be another task's."""
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_train.assign(excerpt="Other words. " + tiny_train["excerpt"]).to_csv(data / "train.csv", index=False)
+    shutil.copy(tiny_run.parent / "data" / "test.csv", data / "test.csv")
+    run_dir = tmp_path / "run"
+    with pytest.raises(DataError, match=r"fingerprint.json: distill.teacher was trained on another train file "
+                                        r"\(texts differ\); use a teacher run on .*train.csv as it is now$"):
+        cv.prepare(config(tiny_run, f"data.path={data}/train.csv", f"data.test_path={data}/test.csv"), run_dir)
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("truncated model", r"fold_1/model.safetensors: unreadable \(Error while deserializing header: .*\); retrain "
+                        r"that fold"),
+    ("foreign fold", r"fold_1/result.json: this fold was trained on another config than .*teacher; retrain it"),
+])
+def test_a_damaged_or_foreign_teacher_fold_is_refused_before_any_fold_trains(fault, message, tiny_run, tmp_path):
+    teacher, run_dir = tmp_path / "teacher", tmp_path / "run"
+    shutil.copytree(tiny_run, teacher, ignore=shutil.ignore_patterns("wandb"))
+    fold = teacher / "fold_1"
+    if fault == "truncated model":
+        model = fold / "model.safetensors"
+        model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    else:  # the record of a fold trained under another config, as a fold copied in from another run carries
+        result = json.loads((fold / "result.json").read_text())
+        result["made_from"]["config"] = "0" * 16
+        (fold / "result.json").write_text(json.dumps(result))
+    with pytest.raises(DataError, match=message):
+        cv.prepare(config(tiny_run, f"distill.teacher={teacher}"), run_dir)
+    assert not run_dir.exists()

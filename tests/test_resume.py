@@ -170,6 +170,26 @@ def test_killed_after_or_during_a_snapshot_resumes_mid_fold_to_the_same_results(
     assert not list(run_dir.glob("fold_*/snapshot*"))  # removed once each fold finished
 
 
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.pt", "state.json"])
+def test_a_damaged_snapshot_is_set_aside_and_its_fold_restarts(damaged, tiny_run, tmp_path):
+    """A truncated snapshot file used to make the fold unresumable forever: now the snapshot is renamed to
+    ``snapshot.damaged``, one warning names the file, the fold trains from its beginning and the run ends with the
+    uninterrupted run's files (and without the damaged snapshot)."""
+    data, run_dir = tiny_run.parent / "data", tmp_path / "run"
+    every = ["trainer.snapshot_every=1"]
+    kill_at([*tiny_overrides(data, run_dir), *every], lambda: KILL_POINTS["fold 1 has its first snapshot"](run_dir))
+    path = run_dir / "fold_1" / "snapshot" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    proc = run_cli(*resume_overrides(data, run_dir), *every)
+    warning = [line for line in proc.stdout.splitlines() if "is unreadable" in line]
+    assert len(warning) == 1 and f"warning: {path.parent} is unreadable (" in warning[0], proc.stdout
+    assert warning[0].endswith(f"; set aside as {path.parent}.damaged; the fold restarts from its beginning")
+    assert "fold 1: continued from its snapshot" not in proc.stdout
+    assert_same_results(run_dir, tiny_run)
+    assert not list(run_dir.glob("fold_*/snapshot*"))
+
+
 def test_resuming_after_a_failed_fold_replaces_its_wandb_run(tiny_run, tmp_path):
     """Fold 1 killed mid-way (its W&B run left unfinished), then the run resumed twice (the second time finished):
     still one W&B run per fold and one ``-cv`` run, not one more per attempt."""

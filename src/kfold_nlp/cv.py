@@ -1,10 +1,11 @@
 """The K-fold cross-validation runner: the run folder is prepared, filled fold by fold, then collected.
 
-- ``prepare`` checks the data, writes ``folds.csv`` and ``run_config.yaml`` (and refuses a resumed folder whose
-  train file or config changed);
+- ``prepare`` checks the data, writes ``folds.csv``, ``fingerprint.json`` and ``run_config.yaml`` (and refuses a
+  resumed folder whose train file or config changed);
 - ``fit_fold`` trains fold k and writes ``fold_k/`` (``result.json`` last: the fold is finished);
 - ``collect`` builds ``oof.csv``, ``submission.csv`` and ``metrics.json`` from the ``fold_*`` folders, checking every
-  id against ``folds.csv`` and the test file, so rows can never be misaligned.
+  id against ``folds.csv`` and the test file and each fold's ``made_from`` against the run's, so rows can never be
+  misaligned nor folds of another run mixed in.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
-from . import distill, hardware, snapshot, tracking
+from . import distill, fingerprint, hardware, snapshot, tracking
 from .data import DataError, load_data
 from .files import atomic_path, read_json, write_csv, write_json
+from .fingerprint import FREE_KEYS
 from .folds import make_folds
 from .model import build_model, load_tokenizer, tokenize
 from .predict import bag
@@ -39,13 +41,6 @@ log = logging.getLogger(__name__)
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
     return run_dir / f"fold_{fold}"
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-    return out
 
 
 def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
@@ -64,12 +59,11 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
             with atomic_path(path) as tmp:
                 tmp.write_text(OmegaConf.to_yaml(_as_saved(cfg)))
         return
-    saved, now = (_flat(OmegaConf.to_container(c)) for c in (OmegaConf.load(path), _as_saved(cfg)))
+    saved, now = (fingerprint.flat(OmegaConf.to_container(c)) for c in (OmegaConf.load(path), _as_saved(cfg)))
     if str(saved.get("name", "")).startswith("${") or str(now.get("name", "")).startswith("${"):
         saved["name"] = now["name"]  # saved before names were resolved, or no Hydra to resolve: compare the rest
-    changed = sorted(k for k in saved.keys() | now.keys()
-                     if k.split(".")[0] not in (*FREE_KEYS, "choices") and k != "cv.folds"
-                     and saved.get(k, "<unset>") != now.get(k, "<unset>"))
+    changed = sorted(k for k in fingerprint.binding(saved).keys() | fingerprint.binding(now).keys() | {"name"}
+                     if saved.get(k, "<unset>") != now.get(k, "<unset>"))
     if changed:
         _refuse_start(run_dir, save, f"{path}: this run folder was started with another config; resume it with the "
                                      f"same overrides (differing: {', '.join(changed)})")
@@ -143,9 +137,6 @@ def _refuse_start(run_dir: Path, save: bool, message: str) -> None:
     raise DataError(message)
 
 
-FREE_KEYS = ("resume", "logger", "launcher", "output", "collect")  # may differ between starts of one run folder
-
-
 def check_ids(path: Path, ids, expected, what: str) -> None:
     """Refuse a per-fold file whose ids are not exactly ``expected`` (in order): rows would be misaligned."""
     ids, expected = list(map(str, ids)), list(map(str, expected))
@@ -209,7 +200,14 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
         log.info("no test file beside %s (data.test_path): no submission.csv", cfg.data.path)
     folds = make_folds(train["target"], cfg.cv.n_splits, cfg.cv.seed, cfg.cv.bins)
     table = pd.DataFrame({"id": train["id"], "fold": folds, "target": train["target"]})
-    distiller = distill.load(cfg, table, train)  # a teacher with other folds is refused here
+    data_print = fingerprint.of_data(cfg.data.path, train)
+    try:
+        notes = fingerprint.check_data(run_dir, data_print, table)  # a changed train file is refused here
+    except DataError as err:
+        _refuse_start(run_dir, main, str(err))
+    for note in notes:
+        log.warning("warning: %s", note)
+    distiller = distill.load(cfg, table, train, data_print)  # a teacher with other data or folds is refused here
     if (run_dir / "folds.csv").exists():
         kept = pd.read_csv(run_dir / "folds.csv", dtype={"id": str})
         check_ids(run_dir / "folds.csv", kept["id"], table["id"], f"the train file {cfg.data.path}")
@@ -223,6 +221,8 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
             for finished in run_dir.glob("fold_*/result.json"):
                 snapshot.remove(finished.parent)
         write_csv(table, run_dir / "folds.csv")
+        if not (run_dir / fingerprint.NAME).exists():  # the first start's: later starts are compared with it
+            write_json(data_print, run_dir / fingerprint.NAME)
     if not texts:
         return Prepared(train, test, folds, None, None, None, distiller)
     tokenizer = load_tokenizer(cfg.model)
@@ -271,10 +271,10 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
     """Train fold ``fold`` and write ``fold_<k>/``: model, OOF and test predictions, then ``result.json``."""
     fdir, targets, workers = fold_dir(run_dir, fold), data.targets, cfg.trainer.num_workers
     tr, va = np.flatnonzero(data.folds != fold), np.flatnonzero(data.folds == fold)
-    saved = snapshot.latest(fdir)  # a fold continuing from its snapshot continues its W&B run too
-    wandb_id = read_json(saved / "state.json").get("wandb_id") if saved is not None else None
     release_freed_memory()  # the previous fold's memory, so that this fold's peak is its own
     reset_peak_memory()
+    saved = snapshot.load(fdir)  # a fold continuing from its snapshot continues its W&B run too
+    wandb_id = saved.state.get("wandb_id") if saved is not None else None
     with tracking.wandb_run(cfg, run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
                             run_id=wandb_id) as wb:
         task, model, regularizer = build_fold_model(cfg, fold, accelerator.process_index)
@@ -291,7 +291,8 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             log.debug("fold %d step %d: %s", fold, step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
         res = train_fold(model, regularizer, train_loader, val_loader, targets[va], cfg, accelerator,
-                         log=log_eval, fold=fold, task=task, snapshot_dir=fdir, extra_state={"wandb_id": wb.id})
+                         log=log_eval, fold=fold, task=task, snapshot_dir=fdir, extra_state={"wandb_id": wb.id},
+                         saved=saved)
         if res.resumed_from is not None:
             log.info("fold %d: continued from its snapshot at step %d", fold, res.resumed_from)
             wb.summary.update({"resumed_from_step": res.resumed_from})
@@ -314,7 +315,7 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             write_csv(pd.DataFrame({"id": data.train["id"].iloc[va], "pred": res.val_pred}), fdir / "oof.csv")
             if data.test is not None:
                 write_csv(pd.DataFrame({"id": data.test["id"], "pred": test_pred}), fdir / "test_pred.csv")
-            write_json(result, fdir / "result.json")  # last: marks the fold finished
+            write_json(result | {"made_from": fingerprint.made_from(run_dir)}, fdir / "result.json")  # last: done
             if not cfg.trainer.keep_snapshot:
                 snapshot.remove(fdir)
     log.info("fold %d: val RMSE %.4f (MSE %.4f) at step %d of %d, %.0f s (evaluation %.0f%%, peak RSS %.0f MiB)",
@@ -361,6 +362,8 @@ def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]
         fdir, rows = fold_dir(run_dir, fold), folds == fold
         oof.loc[rows, "pred"] = read_preds(fdir / "oof.csv", train["id"][rows], f"fold {fold}'s rows of folds.csv")
         results[fold] = read_json(fdir / "result.json")
+        fingerprint.check_fold(run_dir, fdir, results[fold])  # not a fold copied in from another run
+        results[fold].pop("made_from", None)
     oof = oof[oof["fold"].isin(run_folds)].reset_index(drop=True)
     # The floor every model must clear: each fold's rows predicted by the mean of its training rows.
     mean_pred = np.array([targets[(folds != f)].mean() for f in oof["fold"]])

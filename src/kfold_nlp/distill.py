@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import fingerprint
 from .data import DataError, load_table
-from .files import write_csv
+from .files import read_json, write_csv
+from .model import check_model_file, load_tokenizer, tokenize
 from .predict import predict_texts, run_config
 from .trainer import EncodedRows
 
@@ -98,25 +100,48 @@ def describe(cfg) -> str:
     return f", distilled from {d.teacher} (weight {d.weight:g}{', unlabeled ' + d.unlabeled if d.unlabeled else ''})"
 
 
-def load(cfg, folds: pd.DataFrame, train: pd.DataFrame) -> Distiller | None:
+def check_same_data(teacher: Path, data_print: dict) -> None:
+    """Refuse a teacher trained on other texts or targets, even with the same ids and folds: its soft targets
+    would be another task's. A teacher from before fingerprints has none; its ``folds.csv`` was checked."""
+    path = teacher / fingerprint.NAME
+    if path.is_file():
+        changed = fingerprint.differences(read_json(path), data_print)
+        if changed:
+            raise DataError(f"{path}: distill.teacher was trained on another train file ({', '.join(changed)}); "
+                            f"use a teacher run on {data_print['file']} as it is now")
+
+
+def check_teacher_fold(teacher: Path, fold: int) -> None:
+    """The teacher's fold ``fold`` must be finished, its own (not copied in from another run), and its model
+    readable: found before the first student fold trains, not after."""
+    fdir, model = teacher / f"fold_{fold}", teacher_model(teacher, fold)
+    if not (fdir / "result.json").is_file():
+        raise DataError(f"{fdir / 'result.json'}: not found; the teacher's fold {fold} did not finish (resume the "
+                        f"teacher run first)")
+    fingerprint.check_fold(teacher, fdir, read_json(fdir / "result.json"))
+    if not model.is_file():
+        raise DataError(f"{model}: not found; distill.teacher needs the teacher's fold {fold} model (run with "
+                        f"trainer.save_models=true and that fold)")
+    check_model_file(model)
+
+
+def load(cfg, folds: pd.DataFrame, train: pd.DataFrame, data_print: dict) -> Distiller | None:
     """The run's ``Distiller`` (None without ``distill.teacher``), every refusal before anything is written:
-    a teacher with other folds, a missing fold model, a bad unlabeled file or one that repeats training ids."""
+    a teacher with other data or folds, an unfinished, foreign or unreadable fold model, a bad unlabeled file or
+    one that repeats training ids."""
     d = cfg.get("distill")
     if d is None or d.teacher is None:
         return None
     teacher = Path(d.teacher)
     teacher_cfg = run_config(teacher)
     check_same_folds(teacher, folds)
+    check_same_data(teacher, data_print)
     for fold in cfg.cv.folds if cfg.cv.folds is not None else range(cfg.cv.n_splits):
-        if not teacher_model(teacher, fold).is_file():
-            raise DataError(f"{teacher_model(teacher, fold)}: not found; distill.teacher needs the teacher's fold "
-                            f"{fold} model (run with trainer.save_models=true and that fold)")
+        check_teacher_fold(teacher, fold)
     # One accelerate state per process: the teacher's models run at the student's precision.
     teacher_cfg.trainer.precision = cfg.trainer.precision
     distiller = Distiller(teacher, teacher_cfg, d.weight, train[["id", "text"]])
     if d.unlabeled is not None:
-        from .model import load_tokenizer, tokenize
-
         table = load_table(d.unlabeled, id_col=cfg.data.id_col, text_col=cfg.data.text_col, require_target=False)
         seen = table["id"].isin(train["id"])
         if seen.any():

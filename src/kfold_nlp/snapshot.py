@@ -13,6 +13,7 @@ first renamed to ``snapshot.old``), so a kill at any moment leaves one complete 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -25,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 NAME = "snapshot"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,20 +101,8 @@ def save(fold_dir: Path, *, model_state: dict, optimizer, scheduler, best_state:
     return fold_dir / NAME
 
 
-def latest(fold_dir: Path) -> Path | None:
-    """The complete snapshot of a fold, if any (``snapshot``, or ``snapshot.old`` when a kill fell between renames)."""
-    for name in (NAME, f"{NAME}.old"):
-        if (fold_dir / name / "state.json").is_file():
-            return fold_dir / name
-    return None
-
-
-def load(fold_dir: Path) -> Snapshot | None:
-    path = latest(fold_dir)
-    if path is None:
-        return None
-    best = path / "best.safetensors"
-    pred = path / "best_pred.npy"
+def _read(path: Path) -> Snapshot:
+    best, pred = path / "best.safetensors", path / "best_pred.npy"
     return Snapshot(
         model=load_file(str(path / "model.safetensors")),
         optimizer=torch.load(path / "optimizer.pt", weights_only=True),
@@ -125,9 +115,38 @@ def load(fold_dir: Path) -> Snapshot | None:
     )
 
 
+def load(fold_dir: Path) -> Snapshot | None:
+    """The fold's latest readable snapshot, or None: the fold starts from its beginning.
+
+    A snapshot that cannot be read (a truncated file, a disk error, a foreign format) would make the fold
+    unresumable forever: it is set aside as ``snapshot.damaged`` (one, replaced by the next; removed with the
+    fold's snapshots when the fold finishes), a warning names the file that failed, and the older complete
+    snapshot, if any, is tried next.
+    """
+    damaged = None
+    for name in (NAME, f"{NAME}.old"):
+        path = fold_dir / name
+        if not (path / "state.json").is_file():
+            continue
+        try:
+            snap = _read(path)
+        except Exception as err:  # noqa: BLE001  (safetensors, torch.load, numpy and json each raise their own)
+            damaged = f"{path} is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:160]})"
+            shutil.rmtree(fold_dir / f"{NAME}.damaged", ignore_errors=True)
+            os.replace(path, fold_dir / f"{NAME}.damaged")
+            damaged += f"; set aside as {fold_dir / f'{NAME}.damaged'}"
+            continue
+        if damaged:
+            log.warning("warning: %s; continuing from the older %s", damaged, path)
+        return snap
+    if damaged:
+        log.warning("warning: %s; the fold restarts from its beginning", damaged)
+    return None
+
+
 def remove(fold_dir: Path) -> None:
     """A finished fold needs no snapshot (unless the user keeps it)."""
-    for name in (NAME, f"{NAME}.old"):
+    for name in (NAME, f"{NAME}.old", f"{NAME}.damaged"):
         shutil.rmtree(fold_dir / name, ignore_errors=True)
     for tmp in fold_dir.glob(f".{NAME}.*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)

@@ -229,13 +229,14 @@ def optimizer_step(model, regularizer, group: list[dict], optimizer, accelerator
 
 def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, accelerator,
                log=lambda metrics, step: None, fold=0, task: Task | None = None, snapshot_dir=None,
-               extra_state: dict | None = None):
+               extra_state: dict | None = None, saved: snapshot.Snapshot | None = None):
     """Train one fold and keep the weights of the best validation MSE (in memory; the caller saves them).
 
     ``task`` (set up on ``model``) gives the loss; default: MSE on the target. With ``snapshot_dir`` (the fold's
     folder) the whole training state is saved every ``trainer.snapshot_every`` optimizer steps and at each epoch's
     end, and a snapshot found there is continued from, mid-epoch: the steps before it are not trained again.
-    ``extra_state`` (JSON) is saved with every snapshot (the fold's W&B run id).
+    ``extra_state`` (JSON) is saved with every snapshot (the fold's W&B run id); ``saved``: the snapshot already
+    loaded from ``snapshot_dir`` by the caller (which needed its W&B run id first).
 
     Raises ``Diverged`` at the first non-finite training loss or validation MSE.
     """
@@ -286,7 +287,8 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
         accelerator.wait_for_everyone()
         result.snapshot_time += time.perf_counter() - began
 
-    saved = snapshot.load(snapshot_dir) if snapshot_dir is not None else None
+    if saved is None and snapshot_dir is not None:
+        saved = snapshot.load(snapshot_dir)
     if saved is not None:  # continue where the snapshot left off
         accelerator.unwrap_model(model).load_state_dict(saved.model)
         optimizer.load_state_dict(saved.optimizer)
