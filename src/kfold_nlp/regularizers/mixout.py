@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..schema import PROBABILITY, ConfigError, Rule
+from ..errors import ConfigError
+from ..rules import PROBABILITY, Rule
 from .base import Regularizer, set_dropout
 
 

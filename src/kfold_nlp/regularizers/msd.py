@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import head_outputs
-from ..schema import PROBABILITY, Rule
+from ..rules import PROBABILITY, Rule
 from .base import LossFn, LossParts, Regularizer, model_inputs
 
 REDUCTIONS = ("loss", "prediction")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import target_column
-from ..schema import Rule
+from ..rules import Rule
 from .base import LossFn, LossParts, Regularizer, model_inputs
 
 
