@@ -48,14 +48,14 @@ predict: setup  ## bagged predictions of a run's fold models: make predict RUN=o
 test: setup  ## the test suite (tiny random models, no network)
 	$(PY) -m pytest
 
-lint: setup  ## ruff over src/ and tests/ (the rules in pyproject.toml); tests/test_lint.py runs it too
-	$(PY) -m ruff check src tests
+lint: setup  ## ruff over src/, tests/ and benchmarks/ (the rules in pyproject.toml); tests/test_lint.py runs it too
+	$(PY) -m ruff check src tests benchmarks
 
-bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU or GPU)
-	$(PY) -m kfold_nlp.bench $(ARGS)
+bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU or GPU) [DATA=synthetic|commonlit|<csv>]
+	$(PY) -m benchmarks.bench $(if $(DATA),--data "$(DATA)") $(ARGS)
 
-race: setup  ## this project's fold trainer vs HF Trainer vs a minimal loop, each in a fresh process, interleaved, fp32 and bf16 (MiniLM); ARGS="--profile": top operators
-	$(PY) -m kfold_nlp.race $(ARGS)
+race: setup  ## this project's fold trainer vs HF Trainer vs a minimal loop, each in a fresh process, interleaved, fp32 and bf16 (MiniLM) [DATA=...]; ARGS="--profile": top operators
+	$(PY) -m benchmarks.race $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 clean:  ## remove run outputs and caches (keeps the virtual environment and data/)
 	rm -rf outputs/* multirun .pytest_cache

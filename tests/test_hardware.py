@@ -110,7 +110,7 @@ def test_explicit_bf16_on_a_cpu_without_it_warns_once_and_runs(tiny_run, tmp_pat
 def test_race_contestants_report_the_device_they_ran_on(monkeypatch, tmp_path, fresh_accelerator_state):
     """Each contestant reports the device its forward pass saw, weights and batch; the minimal loop follows the
     device check (a fake ``meta`` device here: the loop must move the model and every batch there)."""
-    from kfold_nlp import race
+    from benchmarks import race
     from kfold_nlp.model import load_tokenizer, tokenize
 
     cfg = race.config("tiny", "fp32", batch_size=8, max_length=32)

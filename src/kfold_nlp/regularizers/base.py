@@ -56,10 +56,6 @@ class Regularizer:
 
     name = "baseline"
     params: dict = {}
-    # What one training step may cost against baseline's (``make bench`` checks it): None = no claim.
-    max_step_cost: float | None = None
-    # Other settings ``make bench`` times beside the YAML's: label -> constructor overrides.
-    bench_variants: dict[str, dict] = {}
 
     def check_params(self, **values) -> None:
         check_params("regularizer", self.params, values)

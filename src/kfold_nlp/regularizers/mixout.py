@@ -67,7 +67,6 @@ class Mixout(Regularizer):
     """
 
     name = "mixout"
-    max_step_cost = 1.2
     params = {"p": PROBABILITY, "layers": Rule(str)}
 
     def __init__(self, p: float = 0.1, layers: str = "all"):

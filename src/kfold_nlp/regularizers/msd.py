@@ -46,7 +46,6 @@ class MultiSampleDropout(Regularizer):
     """
 
     name = "msd"
-    max_step_cost = 1.05
     params = {"k": Rule(int, ge=1), "p": PROBABILITY, "reduce": Rule(str, choices=REDUCTIONS)}
 
     def __init__(self, k: int = 8, p: float = 0.5, reduce: str = "loss"):
