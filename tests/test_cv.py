@@ -138,7 +138,7 @@ def test_a_diverged_fold_is_one_line_a_failed_wandb_run_and_no_results(tiny_run,
     assert "Traceback" not in proc.stderr
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "fold_0" / "result.json").exists()
     (fold0,) = wandb_runs(run_dir)
-    assert fold0["state"] == "failed" or fold0.get("exit_code", 1) != 0, fold0
+    assert (fold0["state"], fold0.get("exit_code")) == ("failed", 1), fold0  # both recorded: a missing one fails
 
 
 def test_results_are_assembled_by_id_never_by_position(tiny_run, tmp_path):
