@@ -22,10 +22,10 @@ endif
 
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup cv collect predict test lint bench race compare sweep hpo notebook ensemble clean
+.PHONY: help setup cv collect predict test test-fast lint bench race compare sweep hpo notebook ensemble clean
 
 help:  ## this list
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,8 +45,11 @@ collect: setup  ## (re)build a run's oof.csv, submission.csv, metrics.json from 
 predict: setup  ## bagged predictions of a run's fold models: make predict RUN=outputs/baseline/latest [INPUT=test.csv] [ARGS="--text-col passage"]
 	$(PY) -m kfold_nlp.predict "$(RUN)" $(if $(INPUT),"$(INPUT)") $(ARGS)
 
-test: setup  ## the test suite (tiny random models, no network)
+test: setup  ## the test suite (tiny random models, no network): every test, the slow ones too
 	$(PY) -m pytest
+
+test-fast: setup  ## the tests in one process: no subprocess, CLI, torchrun, make, pip, notebook or sweep run
+	$(PY) -m pytest -m "not slow"
 
 lint: setup  ## ruff over src/, tests/ and benchmarks/ (the rules in pyproject.toml); tests/test_lint.py runs it too
 	$(PY) -m ruff check src tests benchmarks

@@ -85,6 +85,7 @@ def _run_patched(cpu_bf16: bool, *overrides: str) -> subprocess.CompletedProcess
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_a_run_says_what_auto_chose_first_and_records_it_with_the_hardware(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     proc = _run_patched(False, *tiny_overrides(tiny_run.parent / "data", run_dir), "cv.n_splits=2")
@@ -98,6 +99,7 @@ def test_a_run_says_what_auto_chose_first_and_records_it_with_the_hardware(tiny_
     assert {"cpu", "cpu_capability", "gpu", "gpu_count", "torch", "transformers"} <= record.keys()
 
 
+@pytest.mark.slow
 def test_explicit_bf16_on_a_cpu_without_it_warns_once_and_runs(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     proc = _run_patched(False, *tiny_overrides(tiny_run.parent / "data", run_dir), "trainer.precision=bf16")

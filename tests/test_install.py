@@ -8,7 +8,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
 
 
 def test_a_non_editable_install_finds_conf_and_notebook(tmp_path):

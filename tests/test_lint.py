@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
 
 
 def test_ruff_finds_nothing():
