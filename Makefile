@@ -22,10 +22,10 @@ endif
 
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup cv collect predict test lint bench race compare sweep hpo notebook ensemble clean
+.PHONY: help setup cv collect predict test test-fast lint bench race compare sweep hpo notebook ensemble clean
 
 help:  ## this list
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,17 +45,20 @@ collect: setup  ## (re)build a run's oof.csv, submission.csv, metrics.json from 
 predict: setup  ## bagged predictions of a run's fold models: make predict RUN=outputs/baseline/latest [INPUT=test.csv] [ARGS="--text-col passage"]
 	$(PY) -m kfold_nlp.predict "$(RUN)" $(if $(INPUT),"$(INPUT)") $(ARGS)
 
-test: setup  ## the test suite (tiny random models, no network)
+test: setup  ## the test suite (tiny random models, no network): every test, the slow ones too
 	$(PY) -m pytest
 
-lint: setup  ## ruff over src/ and tests/ (the rules in pyproject.toml); tests/test_lint.py runs it too
-	$(PY) -m ruff check src tests
+test-fast: setup  ## the tests in one process: no subprocess, CLI, torchrun, make, pip, notebook or sweep run
+	$(PY) -m pytest -m "not slow"
 
-bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU or GPU)
-	$(PY) -m kfold_nlp.bench $(ARGS)
+lint: setup  ## ruff over src/, tests/ and benchmarks/ (the rules in pyproject.toml); tests/test_lint.py runs it too
+	$(PY) -m ruff check src tests benchmarks
 
-race: setup  ## this project's fold trainer vs HF Trainer vs a minimal loop, each in a fresh process, interleaved, fp32 and bf16 (MiniLM); ARGS="--profile": top operators
-	$(PY) -m kfold_nlp.race $(ARGS)
+bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU or GPU) [DATA=synthetic|commonlit|<csv>]
+	$(PY) -m benchmarks.bench $(if $(DATA),--data "$(DATA)") $(ARGS)
+
+race: setup  ## this project's fold trainer vs HF Trainer vs a minimal loop, each in a fresh process, interleaved, fp32 and bf16 (MiniLM) [DATA=...]; ARGS="--profile": top operators
+	$(PY) -m benchmarks.race $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 clean:  ## remove run outputs and caches (keeps the virtual environment and data/)
 	rm -rf outputs/* multirun .pytest_cache

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import run_cli
 
+pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
+
 GOOD = pd.DataFrame({
     "id": [f"r{i}" for i in range(6)],
     "excerpt": [f"Text number {i} is here." for i in range(6)],

@@ -1,28 +1,63 @@
-"""`make bench` finds its regularizers and their cost targets in conf/, and runs end to end on a tiny model."""
+"""`make bench` finds its regularizers in conf/, judges them by its own cost targets, and runs end to end on a tiny
+model on a fresh machine (the embedded set, generated where it runs)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from kfold_nlp import bench
+import pytest
+
+from benchmarks import bench, rows
 from kfold_nlp.paths import CONFIG_DIR
+from kfold_nlp.regularizers import Regularizer
+
+REGULARIZERS = Path(CONFIG_DIR) / "regularizer"
 
 
 def test_every_regularizer_yaml_and_its_variants_are_benched_baseline_first():
     runs = bench.runs_from_conf(Path(CONFIG_DIR))
-    yamls = {p.stem for p in (Path(CONFIG_DIR) / "regularizer").glob("*.yaml")}
     assert runs[0] == ("baseline", "baseline", {})
-    assert {name for _, name, _ in runs} == yamls
+    assert {name for _, name, _ in runs} == {p.stem for p in REGULARIZERS.glob("*.yaml")}
     assert ("rdrop_2fwd", "rdrop", {"single_forward": False}) in runs
 
 
-def test_bench_reports_each_ratio_against_its_class_target(tmp_path):
+def test_a_target_for_a_regularizer_that_is_gone_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "regularizer").mkdir()
+    (tmp_path / "regularizer" / "baseline.yaml").write_text((REGULARIZERS / "baseline.yaml").read_text())
+    monkeypatch.setattr(bench, "MAX_STEP_COST", {"renamed": 1.5})
+    monkeypatch.setattr(bench, "VARIANTS", {})
+    with pytest.raises(SystemExit, match="bench targets for renamed: no such conf/regularizer"):
+        bench.runs_from_conf(tmp_path)
+
+
+def test_the_benchmark_metadata_is_not_the_regularizers():
+    assert not {"max_step_cost", "bench_variants"} & set(vars(Regularizer))
+
+
+def test_bench_on_a_fresh_machine_reports_each_ratio_against_its_target(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default data: the embedded set, generated here as `make cv` would
     out = tmp_path / "bench.json"
     bench.main(["--model", "tiny", "--steps", "1", "--warmup", "1", "--batch-size", "2", "--max-length", "16",
-                "--data", str(tmp_path / "none.csv"), "--out", str(out)])
-    results = {r["regularizer"]: r for r in json.loads(out.read_text())["results"]}
+                "--out", str(out)])
+    assert (tmp_path / "data" / "synthetic" / "train.csv").is_file()
+    report = json.loads(out.read_text())
+    assert report["args"]["data"] == "synthetic"
+    results = {r["regularizer"]: r for r in report["results"]}
     assert results["baseline"]["ratio"] == 1.0
     assert results["rdrop"]["target"] == "<= 2.00x" and results["rdrop"]["status"] in ("PASS", "FAIL")
     assert results["rdrop_2fwd"]["target"] is None  # a variant is timed, not judged
     assert results["no_dropout"]["target"] is None and all(r["ms_per_step"] > 0 for r in results.values())
+
+
+def test_data_is_a_preset_or_a_csv_and_a_missing_file_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "mine.csv"
+    csv.write_text("id,excerpt,target\na,One text.,0.5\nb,Another text.,-1.5\n")
+    texts, targets = rows.load_rows(str(csv), 5)
+    assert set(texts) == {"One text.", "Another text."} and len(targets) == 5  # fewer rows: drawn with replacement
+    assert set(targets) == {0.5, -1.5}
+    with pytest.raises(SystemExit) as exit_:
+        rows.load_rows("commonlit", 5)  # the Kaggle file, not downloaded here
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: data/commonlit/train.csv: file not found\n"

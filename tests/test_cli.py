@@ -33,6 +33,7 @@ def make(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_own_csv_with_a_space_in_its_path_through_make_cv_and_make_predict(tmp_path):
     train = own_csv(tmp_path / "my data")
     run_dir = tmp_path / "my runs" / "run"
@@ -57,12 +58,14 @@ def test_own_csv_with_a_space_in_its_path_through_make_cv_and_make_predict(tmp_p
     assert pd.read_csv(run_dir / "predictions" / "other input.csv").columns.tolist() == ["key", "score"]
 
 
+@pytest.mark.slow
 def test_make_refuses_overrides_typed_without_args():
     proc = make("cv", "EXP=rdrop", "model=tiny", "cv.n_splits=2")
     assert proc.returncode != 0
     assert "unknown variable(s) cv.n_splits model" in proc.stderr and "ARGS=" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["missing", "no_models", "missing_fold", "no_text_column"])
 def test_predict_refuses_with_one_line(problem, tiny_run, tmp_path):
     import shutil
@@ -104,6 +107,7 @@ def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path):
     assert len(folders) == 2 and all(__import__("os").path.isdir(f) for f in folders)
 
 
+@pytest.mark.slow
 def test_a_bad_csv_leaves_no_stub_folder(tmp_path):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"id": ["a", "a", "b"], "excerpt": ["x", "y", "z"], "target": [1, 2, 3]}).to_csv(bad, index=False)
@@ -113,6 +117,7 @@ def test_a_bad_csv_leaves_no_stub_folder(tmp_path):
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_or_sigterm_ends_with_one_line_naming_the_folder_and_the_resume_command(sig, code, word, tiny_run,
                                                                                        tmp_path):
@@ -130,6 +135,7 @@ def test_ctrl_c_or_sigterm_ends_with_one_line_naming_the_folder_and_the_resume_c
     assert (run_dir / "fold_0" / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_online_wandb_without_a_key_is_refused_at_the_start(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path)}  # no netrc

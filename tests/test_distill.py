@@ -19,6 +19,8 @@ from kfold_nlp.data import DataError
 from kfold_nlp.paths import CONFIG_DIR
 from kfold_nlp.schema import ConfigError, validate
 
+pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
+
 WEIGHT = 0.3
 
 

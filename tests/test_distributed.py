@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+import pytest
 import torch
 
 from conftest import ROOT, read_metrics, tiny_overrides, wandb_runs
+
+pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
 
 
 def test_torchrun_two_processes_train_each_fold_once(tmp_path):

@@ -59,6 +59,7 @@ def test_members_that_cannot_be_blended_are_refused_with_one_line(two_runs, tmp_
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_refusal_from_the_command_line_has_no_traceback(two_runs, tmp_path):
     f, a, _ = two_runs
     write_run(tmp_path / "c", f.assign(fold=(f["fold"] + 1) % 5), f["target"], np.zeros(12))
@@ -153,6 +154,7 @@ def test_blended_submission_is_the_weighted_mean_of_the_member_submissions(tmp_p
     assert np.allclose(sub["score"], expected) and len(set(np.round(list(weights.values()), 6))) > 1
 
 
+@pytest.mark.slow
 def test_ensemble_folder_records_scores_and_an_offline_wandb_run(two_runs, tmp_path, capsys, monkeypatch):
     _, a, b = two_runs
     monkeypatch.chdir(tmp_path)
@@ -185,6 +187,7 @@ def test_sweep_and_ensemble_folders_expand_to_their_runs(two_runs, tmp_path, cap
     assert report.find_ensembles([tmp_path]) == [tmp_path / "e1"]
 
 
+@pytest.mark.slow
 def test_notebook_shows_the_ensemble_folder(two_runs, tmp_path, capsys):
     _, a, b = two_runs
     assert blend_cli(capsys, a, b, "--out", tmp_path / "ens")[0] == 0

@@ -14,6 +14,8 @@ import pytest
 from conftest import run_cli, tiny_overrides
 from kfold_nlp import fingerprint
 
+pytestmark = pytest.mark.slow  # every test runs the CLI
+
 
 def snapshot_of(folder: Path) -> dict:
     """Every file's bytes (by hash), to prove a refused command changed nothing (but Hydra's own record of the

@@ -85,6 +85,7 @@ def _run_patched(cpu_bf16: bool, *overrides: str) -> subprocess.CompletedProcess
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_a_run_says_what_auto_chose_first_and_records_it_with_the_hardware(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     proc = _run_patched(False, *tiny_overrides(tiny_run.parent / "data", run_dir), "cv.n_splits=2")
@@ -98,6 +99,7 @@ def test_a_run_says_what_auto_chose_first_and_records_it_with_the_hardware(tiny_
     assert {"cpu", "cpu_capability", "gpu", "gpu_count", "torch", "transformers"} <= record.keys()
 
 
+@pytest.mark.slow
 def test_explicit_bf16_on_a_cpu_without_it_warns_once_and_runs(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     proc = _run_patched(False, *tiny_overrides(tiny_run.parent / "data", run_dir), "trainer.precision=bf16")
@@ -110,7 +112,7 @@ def test_explicit_bf16_on_a_cpu_without_it_warns_once_and_runs(tiny_run, tmp_pat
 def test_race_contestants_report_the_device_they_ran_on(monkeypatch, tmp_path, fresh_accelerator_state):
     """Each contestant reports the device its forward pass saw, weights and batch; the minimal loop follows the
     device check (a fake ``meta`` device here: the loop must move the model and every batch there)."""
-    from kfold_nlp import race
+    from benchmarks import race
     from kfold_nlp.model import load_tokenizer, tokenize
 
     cfg = race.config("tiny", "fp32", batch_size=8, max_length=32)

@@ -12,6 +12,8 @@ import pytest
 from conftest import read_metrics, run_cli, tiny_overrides
 from kfold_nlp import hardware
 
+pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
+
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_parallel_fold_jobs_give_the_sequential_result(launcher, tiny_run, tmp_path):

@@ -25,6 +25,7 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
 
 
+@pytest.mark.slow
 def test_notebook_executes_headless_on_the_sweep_and_compares_both_jobs(two_job_sweep):
     run_cli(str(two_job_sweep), module="kfold_nlp.report")  # what `make notebook RUNS=<sweep>` runs
     html = (two_job_sweep / "oof_analysis.html").read_text()
@@ -41,6 +42,7 @@ def test_notebook_executes_headless_on_the_sweep_and_compares_both_jobs(two_job_
     assert "report.find_runs(" not in html  # code hidden
 
 
+@pytest.mark.slow
 def test_helpers_find_runs_and_read_texts(two_job_sweep):
     runs = report.find_runs(str(two_job_sweep))
     assert [r.name for r in runs] == ["0", "1"] and report.find_runs([runs[1]]) == [runs[1]]
@@ -57,6 +59,7 @@ def test_helpers_find_runs_and_read_texts(two_job_sweep):
         report.find_runs([two_job_sweep / "missing"])
 
 
+@pytest.mark.slow
 def test_repeated_names_are_labelled_by_their_overrides(two_job_sweep, tmp_path):
     runs = []
     for job, lr in [("0", "1e-5"), ("1", "3e-5")]:
@@ -66,6 +69,7 @@ def test_repeated_names_are_labelled_by_their_overrides(two_job_sweep, tmp_path)
     assert report.load_runs(runs)["label"].tolist() == ["baseline optimizer.lr=1e-5", "baseline optimizer.lr=3e-5"]
 
 
+@pytest.mark.slow
 def test_bagged_vs_single_fold_rmse_where_test_labels_exist(two_job_sweep, tmp_path):
     run = shutil.copytree(two_job_sweep / "0", tmp_path / "run", ignore=shutil.ignore_patterns("wandb"))
     cfg = report.run_config(run)

@@ -48,18 +48,21 @@ def plain_output(model, batch):
 # ---------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("name, cls, params", [
-    ("msd", MultiSampleDropout, {"k": 8, "p": 0.5, "reduce": "loss"}),
-    ("mixout", Mixout, {"p": 0.1, "layers": "all"}),
-    ("rdrop", RDrop, {"alpha": 1.0, "single_forward": True}),
-    ("no_dropout", NoDropout, {}),
-    ("baseline", Regularizer, {}),
-    ("mixup", Mixup, {"alpha": 0.4}),
-])
-def test_config_instantiates_with_defaults(name, cls, params):
-    reg = instantiate(OmegaConf.load(ROOT / f"conf/regularizer/{name}.yaml"))
-    assert type(reg) is cls
-    assert {k: getattr(reg, k) for k in params} == params
+REGULARIZER_YAMLS = sorted((ROOT / "conf" / "regularizer").glob("*.yaml"))  # the next one added is tested too
+
+
+def test_the_regularizer_presets_are_found():
+    assert {"baseline", "no_dropout", "msd", "mixout", "rdrop", "mixup"} <= {p.stem for p in REGULARIZER_YAMLS}
+
+
+@pytest.mark.parametrize("path", REGULARIZER_YAMLS, ids=lambda p: p.stem)
+def test_each_yaml_instantiates_its_regularizer_with_the_class_defaults(path):
+    cfg = OmegaConf.load(path)
+    values = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
+    reg = instantiate(cfg)
+    assert isinstance(reg, Regularizer) and reg.name == path.stem  # a class names itself after its preset
+    assert {k: getattr(reg, k) for k in values} == values
+    assert {k: getattr(type(reg)(), k) for k in values} == values  # the YAML states the defaults of direct use
 
 
 # ---------------------------------------------------------------- R-Drop

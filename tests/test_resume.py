@@ -65,6 +65,7 @@ def assert_nothing_half_written(run_dir: Path, folds: pd.DataFrame, n_test: int)
             raise AssertionError(f"unexpected file {rel}")
 
 
+@pytest.mark.slow
 def test_killed_mid_fold_then_resumed_equals_an_uninterrupted_run(tiny_run, tmp_path):
     """SIGKILL while fold 1 trains (its progress bar has started), then ``resume=``: fold 0 is kept, fold 1
     restarts, and oof.csv, submission.csv and metrics.json equal the uninterrupted run's."""
@@ -95,6 +96,7 @@ def test_killed_mid_fold_then_resumed_equals_an_uninterrupted_run(tiny_run, tmp_
     assert not [p for p in run_dir.rglob("*") if TEMP.fullmatch(p.name)]
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_while_fold_2_was_writing(tiny_run, tmp_path):
     """A finished run made to look killed while fold 2 wrote its files (no result.json, a truncated oof.csv, a stale
     temporary, no top-level outputs): resuming retrains fold 2 only and reproduces the run."""
@@ -153,6 +155,7 @@ KILL_POINTS = {  # when to send SIGKILL: a predicate on the run folder
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_when", KILL_POINTS)
 def test_killed_after_or_during_a_snapshot_resumes_mid_fold_to_the_same_results(kill_when, tiny_run, tmp_path):
     """SIGKILL as soon as fold 1 has a snapshot (mid-fold), or while fold 0 writes one; ``resume=`` continues the
@@ -170,6 +173,7 @@ def test_killed_after_or_during_a_snapshot_resumes_mid_fold_to_the_same_results(
     assert not list(run_dir.glob("fold_*/snapshot*"))  # removed once each fold finished
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.pt", "state.json"])
 def test_a_damaged_snapshot_is_set_aside_and_its_fold_restarts(damaged, tiny_run, tmp_path):
     """A truncated snapshot file used to make the fold unresumable forever: now the snapshot is renamed to
@@ -190,6 +194,7 @@ def test_a_damaged_snapshot_is_set_aside_and_its_fold_restarts(damaged, tiny_run
     assert not list(run_dir.glob("fold_*/snapshot*"))
 
 
+@pytest.mark.slow
 def test_resuming_after_a_failed_fold_replaces_its_wandb_run(tiny_run, tmp_path):
     """Fold 1 killed mid-way (its W&B run left unfinished), then the run resumed twice (the second time finished):
     still one W&B run per fold and one ``-cv`` run, not one more per attempt."""
@@ -207,6 +212,7 @@ def test_resuming_after_a_failed_fold_replaces_its_wandb_run(tiny_run, tmp_path)
     assert names == ["baseline-cv", "baseline-fold0", "baseline-fold1", "baseline-fold2"], names
 
 
+@pytest.mark.slow
 def test_a_fold_continued_from_its_snapshot_continues_its_wandb_run(tiny_run, tmp_path):
     from conftest import wandb_runs
 
@@ -225,6 +231,7 @@ def test_a_fold_continued_from_its_snapshot_continues_its_wandb_run(tiny_run, tm
         assert named == recorded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["resume", "collect"])
 def test_a_finished_fold_never_keeps_its_snapshot(how, tiny_run, tmp_path):
     """Killed between fold 1's result.json and its snapshot's removal: the next start (or collect) removes the
@@ -243,6 +250,7 @@ def test_a_finished_fold_never_keeps_its_snapshot(how, tiny_run, tmp_path):
         assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_cut_to_fewer_folds(tiny_run, tmp_path):
     """Resuming a collected run with a narrower ``cv.folds`` would rewrite its oof.csv and bag with fold 0 only:
     refused with one line, every result as it was; a parallel fold job (``collect=false``) is still let in."""
@@ -262,6 +270,7 @@ def test_a_finished_run_is_not_cut_to_fewer_folds(tiny_run, tmp_path):
     assert {p: p.read_bytes() for p in before} == before
 
 
+@pytest.mark.slow
 def test_resuming_through_latest_keeps_latest_pointing_at_the_real_folder(tiny_run, tmp_path):
     """``RESUME=outputs/<name>/latest`` continues the folder the link names, and ``latest`` still names it (it
     used to become ``latest -> latest``), so a second resume through it works too."""
@@ -278,6 +287,7 @@ def test_resuming_through_latest_keeps_latest_pointing_at_the_real_folder(tiny_r
         assert (real / name).read_bytes() == (tiny_run / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_resume_from_the_folder_alone_continues_the_run_with_its_own_config(tiny_run, tmp_path):
     """Started with non-default overrides and killed: ``resume=<folder>`` alone continues it with the config in its
     run_config.yaml (name, folds, batch size, regularizer), ending like the uninterrupted run; an override that

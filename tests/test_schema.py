@@ -160,6 +160,7 @@ CLI = {  # through the real entry point: exit 2, one line, no run folder left be
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", CLI)
 def test_cli_refuses_with_one_line_and_leaves_no_folder(override, tiny_run, tmp_path):
     run_dir = tmp_path / "outputs" / "run"
@@ -171,6 +172,7 @@ def test_cli_refuses_with_one_line_and_leaves_no_folder(override, tiny_run, tmp_
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_resume_of_a_folder_that_does_not_exist_is_refused(tiny_run, tmp_path):
     typo = tmp_path / "outputs" / "rdrop" / "nosuch"
     overrides = [o for o in tiny_overrides(tiny_run.parent / "data", typo) if not o.startswith("hydra.run.dir")]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,12 +47,19 @@ def test_resamples_keep_every_fold_size(oof):
     assert (stats.resample_counts(f["fold"], n_boot=500, seed=3) == counts).all()  # seeded
 
 
-def test_bootstrap_of_3000_rows_and_2000_resamples_takes_well_under_a_second(oof):
+def test_one_draw_of_resamples_serves_every_column_and_equals_resampling_row_by_row(oof, monkeypatch):
+    """What keeps the bootstrap cheap and paired: the resamples are drawn once, as row counts shared by every column,
+    and a matrix product of those counts gives each resample's RMSE exactly as drawing its rows one by one would."""
     f, pred = oof
-    stats.paired_bootstrap(f["target"], pred, pred + 0.01, f["fold"])  # warm-up (BLAS threads)
-    started = time.perf_counter()
-    stats.paired_bootstrap(f["target"], pred, pred + 0.01, f["fold"], n_boot=2000)
-    assert time.perf_counter() - started < 0.5
+    draws, draw = [], stats.resample_counts
+    monkeypatch.setattr(stats, "resample_counts", lambda *a, **k: draws.append(a) or draw(*a, **k))
+    intervals = stats.compare_columns(f["target"], f["fold"], pred, {"b": pred + 0.01, "c": pred - 0.02}, n_boot=200)
+    assert len(draws) == 1 and set(intervals) == {"b", "c"}
+    counts = draw(f["fold"], n_boot=50)
+    target, cols = f["target"].to_numpy(), np.column_stack([pred, pred + 0.01])
+    by_rows = [[stats.rmse(np.repeat(target, c.astype(int)), np.repeat(col, c.astype(int))) for col in cols.T]
+               for c in counts]
+    assert stats.resampled_rmse(target, cols, counts) == pytest.approx(np.array(by_rows), rel=1e-12)
 
 
 def test_interval_covers_the_population_difference_about_95_percent_of_the_time():

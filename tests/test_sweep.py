@@ -76,12 +76,14 @@ def two_job_sweep(tmp_path_factory) -> Path:
     return _SHARED["dir"]
 
 
+@pytest.mark.slow
 def test_sweep_writes_a_run_folder_per_job_and_a_summary_best_first(two_job_sweep):
     rows = assert_complete_sweep(two_job_sweep, 2)
     assert set(rows["swept"]) == {"regularizer=baseline", "regularizer=msd"}
     assert all("model=tiny" in o for o in rows["overrides"])  # the CSV keeps every override
 
 
+@pytest.mark.slow
 def test_sweep_wandb_runs_are_grouped_per_job_and_never_shared(two_job_sweep):
     seen = set()
     for job, name in [("0", "baseline"), ("1", "msd")]:
@@ -96,6 +98,7 @@ def test_sweep_wandb_runs_are_grouped_per_job_and_never_shared(two_job_sweep):
         seen |= ids
 
 
+@pytest.mark.slow
 def test_failing_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
     sweep_dir, proc = sweep(tmp_path, "optimizer=sgd", "trainer.max_grad_norm=null", "optimizer.lr=1e12,1e-3",
                             logger="offline", check=False)  # job 0 diverges during its first fold
@@ -109,6 +112,7 @@ def test_failing_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
     assert {state for _, state, _ in wandb_states(sweep_dir / "1")} == {"finished"}
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_workers_with_offline_wandb(tmp_path, two_job_sweep):
     # hydra issue 1320: W&B inside loky workers; offline mode writes real run files there.
     sweep_dir, _ = sweep(tmp_path, "regularizer=baseline,msd", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
@@ -122,6 +126,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_workers_with_offline_wandb(tmp_pa
         assert wandb_states(sweep_dir / job) == [(f"{group}-{k}", "finished", 0) for k in ("cv", "fold0", "fold1")]
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher(tmp_path):
     sweep_dir, _ = sweep(tmp_path, "regularizer=baseline,msd", "hydra/launcher=submitit_local")
     assert_complete_sweep(sweep_dir, 2)
@@ -156,6 +161,7 @@ def test_hpo_presets_search_keys_that_exist_for_their_regularizer(preset):
         assert OmegaConf.select(cfg, key) is not None, key
 
 
+@pytest.mark.slow
 def test_optuna_sweep_records_the_best_trial(tmp_path):
     sweep_dir, _ = sweep(tmp_path, "+hpo=rdrop", "hydra.sweeper.n_trials=3")
     rows = assert_complete_sweep(sweep_dir, 3)

@@ -168,6 +168,7 @@ def test_msd_with_a_two_output_head_averages_the_k_sample_losses(model_cfg, batc
 # ---------------------------------------------------------------- data and config checks
 
 
+@pytest.mark.slow
 def test_a_data_set_without_standard_error_is_refused_with_one_line(tiny_train, tmp_path):
     path = tmp_path / "train.csv"
     tiny_train.drop(columns="standard_error").to_csv(path, index=False)
@@ -180,6 +181,7 @@ def test_a_data_set_without_standard_error_is_refused_with_one_line(tiny_train, 
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("se", ["-0.5", "inf"])
 def test_a_negative_or_infinite_standard_error_is_refused_naming_file_row_and_column(se, tiny_train, tmp_path):
     """GaussianNLL floors se at min_se (so CommonLit's anchor, se 0, is safe), which would hide a negative se;
@@ -197,6 +199,7 @@ def test_a_negative_or_infinite_standard_error_is_refused_naming_file_row_and_co
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_a_zero_standard_error_is_accepted(tiny_train):
     from kfold_nlp.tasks import check_columns
 
@@ -221,6 +224,7 @@ CLI_RUNS = {  # every new choice, each composed with another regularizer or task
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CLI_RUNS)
 def test_new_choices_run_end_to_end_through_the_cli(name, tiny_run, tmp_path):
     run_dir = tmp_path / "run"

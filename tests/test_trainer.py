@@ -173,6 +173,7 @@ def test_the_fold_evaluates_at_the_scheduled_steps_and_times_it(overrides, steps
     assert 0 < result.eval_time < result.train_time and 0 < result.keep_time < result.train_time
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_stops_the_page_faults_of_reallocating_a_big_tensor():
     """A 64 MiB tensor freed and allocated again, 8 times: glibc unmaps it and the kernel faults in 16k fresh pages
     each time; with the setting the memory stays in the process and is reused."""

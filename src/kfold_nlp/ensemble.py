@@ -28,6 +28,7 @@ from scipy.optimize import nnls
 from . import stats
 from .data import refuse
 from .files import write_csv, write_json
+from .runs import find_runs, is_ensemble
 
 METHODS = ("mean", "nnls", "greedy")
 GREEDY_STEPS = 100  # selections with replacement: weights are multiples of 1/steps at most
@@ -243,8 +244,6 @@ def default_out(base: Path = Path("outputs") / GROUP) -> Path:
 def check_out(out: Path | None) -> None:
     """``--out`` may replace an earlier ensemble folder, never a run folder or anything else: its oof.csv,
     metrics.json and submission.csv would be overwritten by the blend's."""
-    from .report import is_ensemble
-
     if out is None or not out.exists() or (out.is_dir() and not any(out.iterdir())) or is_ensemble(out):
         return
     raise EnsembleError(f"--out {out}: exists and is not an ensemble folder (a run folder's results would be "
@@ -263,7 +262,7 @@ def log_wandb(result: dict, members: Members, out: Path, mode: str) -> None:
     """One W&B run in group ``ensemble`` (project and entity of the first member's logger)."""
     from omegaconf import OmegaConf
 
-    from .tracking import wandb_run
+    from .tracking import wandb_run  # torch (tracking -> hardware) only once there is a blend to log
 
     logger = {"project": "kfold-nlp", "entity": None}
     cfg_path = members.paths[0] / ".hydra" / "config.yaml"
@@ -302,8 +301,6 @@ def main(argv=None) -> None:
     parser.add_argument("--wandb-mode", choices=["offline", "online", "disabled"],
                         default=os.environ.get("WANDB_MODE", "offline"))
     args = parser.parse_args(argv)
-    from .report import find_runs
-
     try:
         check_out(args.out)
         try:

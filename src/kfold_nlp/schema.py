@@ -12,89 +12,16 @@ has a ``params`` dict of ``Rule`` (so a new one stays a class and a YAML), optim
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .hardware import PRECISIONS
-from .model import Pooler
-
-_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
-          dict: "a mapping"}
-
-
-
-def _show(value) -> str:
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A key's type (int, float, str, bool, list, dict) and its allowed values; ``optional`` admits null."""
-
-    kind: type
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    choices: tuple | None = None
-    optional: bool = False
-    also: tuple = ()  # literal values allowed besides the kind, e.g. ("sturges",) for the number of bins
-
-    def allowed(self) -> str:
-        if self.choices is not None:
-            text = f"one of {', '.join(map(_show, self.choices))}"
-        else:
-            bounds = [f"{op} {b:g}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-                      if b is not None]
-            text = f"{_NAMES[self.kind]}{' ' + ' and '.join(bounds) if bounds else ''}"
-        text = " or ".join([*map(_show, self.also), text])
-        return f"null or {text}" if self.optional else text
-
-    def ok(self, value) -> bool:
-        if value is None:
-            return self.optional
-        if value in self.also and not isinstance(value, bool):
-            return True
-        if self.kind is list:
-            return isinstance(value, (list, tuple, ListConfig))
-        if self.kind is dict:
-            return isinstance(value, (dict, DictConfig))
-        if isinstance(value, bool) != (self.kind is bool):
-            return False
-        if self.kind is float and isinstance(value, int):
-            value = float(value)
-        if not isinstance(value, self.kind):
-            return False
-        if self.choices is not None:
-            return value in self.choices
-        if self.kind in (int, float):
-            if isinstance(value, float) and not math.isfinite(value):
-                return False
-            return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                    and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
-        return True
-
-    def check(self, key: str, value) -> None:
-        if not self.ok(value):
-            raise ConfigError(f"{key}={_show(value)}: must be {self.allowed()}")
-
-
-def check(key: str, value, *args, **kwargs) -> None:
-    """``check("regularizer.alpha", alpha, float, ge=0)``: raise ConfigError unless ``value`` obeys the rule."""
-    Rule(*args, **kwargs).check(key, value)
-
-
-PROBABILITY = Rule(float, ge=0, lt=1)
+from .model import Pooler, load_tokenizer
+from .rules import PROBABILITY, Rule, check_params
+from .rules import show as _show
+from .tasks import task_class
 
 # Keys of the fixed groups. Free-form mappings (model.config_overrides, scheduler.kwargs) are passed on as given.
 RULES: dict[str, Rule] = {
@@ -174,7 +101,6 @@ OPTIMIZER: dict[str, Rule] = {
     "foreach": Rule(bool, optional=True),
     "fused": Rule(bool, optional=True),
 }
-HYDRA_KEYS = ("_target_", "_partial_")
 
 
 def _select(cfg, key: str):
@@ -191,16 +117,6 @@ def is_missing(cfg, key: str) -> bool:
         return False
 
 
-def check_params(group: str, rules: dict[str, Rule], values) -> None:
-    """Check each key of a group whose keys depend on its choice (a regularizer's, an optimizer's)."""
-    for key in values:
-        if key in HYDRA_KEYS:
-            continue
-        if key not in rules:
-            raise ConfigError(f"{group}.{key}: not a key of this {group} (known: {', '.join(sorted(rules))})")
-        rules[key].check(f"{group}.{key}", values[key])
-
-
 def regularizer_class(cfg):
     from hydra.utils import get_class
 
@@ -209,8 +125,6 @@ def regularizer_class(cfg):
 
 def _check_distill(cfg) -> None:
     """Pseudo-labels are a teacher's predictions, and unlabeled rows have no standard_error to offer a task."""
-    from .tasks import task_class
-
     d = cfg.get("distill")
     if d is None or d.unlabeled is None:
         return
@@ -260,8 +174,6 @@ def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
         raise ConfigError(f"optimizer.betas={_show(betas)}: must be two numbers >= 0 and < 1")
     check_params("regularizer", getattr(regularizer_class(cfg), "params", {}), cfg.regularizer)
     if cfg.get("task") is not None:
-        from .tasks import task_class
-
         check_params("task", task_class(cfg).params, cfg.task)
     _check_distill(cfg)
 
@@ -275,8 +187,6 @@ def _check_max_length(model_cfg) -> None:
     and must leave room for one token beside the special ones: below that the tokenizer does not truncate at all
     (it warns and returns whole texts), and at it every text would be only ``[CLS] [SEP]``."""
     from transformers import AutoConfig
-
-    from .model import load_tokenizer
 
     try:
         config = AutoConfig.from_pretrained(model_cfg.backbone, **dict(model_cfg.config_overrides or {}))

@@ -21,7 +21,7 @@ import torch
 
 from .data import first_bad_row
 from .errors import ConfigError
-from .schema import Rule, check_params
+from .rules import Rule, check_params
 
 TERM_NAMES = ("target", "se")  # a multi-task head's columns, as named in the logged terms
 
@@ -31,7 +31,7 @@ class Task:
 
     ``n_outputs`` is the head's width; ``columns`` are the label columns besides ``target`` that the loss reads
     (the data must have them in every row, and the training batches carry them); ``params`` maps each constructor
-    argument (each key of the task's YAML) to its ``schema.Rule``, as for regularizers.
+    argument (each key of the task's YAML) to its ``rules.Rule``, as for regularizers.
     """
 
     name = "single"

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..rules import check_params
+
 # The task's loss (``tasks.Task.loss``): (predictions, batch) -> scalar. It takes the batch, not only the target,
 # because some tasks read other label columns (standard_error); Mixup passes a batch with mixed labels.
 LossFn = Callable[[torch.Tensor, dict], torch.Tensor]
@@ -48,20 +50,14 @@ class LossParts:
 class Regularizer:
     """Plain dropout as the backbone and head were built: the baseline every other regularizer is compared to.
 
-    ``params`` maps each constructor argument (each key of the regularizer's YAML) to its ``schema.Rule``: the
+    ``params`` maps each constructor argument (each key of the regularizer's YAML) to its ``rules.Rule``: the
     config is checked against it before a run starts, and the constructor checks it again for direct use.
     """
 
     name = "baseline"
     params: dict = {}
-    # What one training step may cost against baseline's (``make bench`` checks it): None = no claim.
-    max_step_cost: float | None = None
-    # Other settings ``make bench`` times beside the YAML's: label -> constructor overrides.
-    bench_variants: dict[str, dict] = {}
 
     def check_params(self, **values) -> None:
-        from ..schema import check_params
-
         check_params("regularizer", self.params, values)
 
     def setup(self, model: nn.Module) -> None:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..schema import PROBABILITY, ConfigError, Rule
+from ..errors import ConfigError
+from ..rules import PROBABILITY, Rule
 from .base import Regularizer, set_dropout
 
 
@@ -66,7 +67,6 @@ class Mixout(Regularizer):
     """
 
     name = "mixout"
-    max_step_cost = 1.2
     params = {"p": PROBABILITY, "layers": Rule(str)}
 
     def __init__(self, p: float = 0.1, layers: str = "all"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..schema import Rule
+from ..rules import Rule
 from .base import LABEL_KEYS, LossFn, LossParts, Regularizer, model_inputs
 
 

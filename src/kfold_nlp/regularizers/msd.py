@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import head_outputs
-from ..schema import PROBABILITY, Rule
+from ..rules import PROBABILITY, Rule
 from .base import LossFn, LossParts, Regularizer, model_inputs
 
 REDUCTIONS = ("loss", "prediction")
@@ -46,7 +46,6 @@ class MultiSampleDropout(Regularizer):
     """
 
     name = "msd"
-    max_step_cost = 1.05
     params = {"k": Rule(int, ge=1), "p": PROBABILITY, "reduce": Rule(str, choices=REDUCTIONS)}
 
     def __init__(self, k: int = 8, p: float = 0.5, reduce: str = "loss"):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import target_column
-from ..schema import Rule
+from ..rules import Rule
 from .base import LossFn, LossParts, Regularizer, model_inputs
 
 
@@ -47,8 +47,6 @@ class RDrop(Regularizer):
     """
 
     name = "rdrop"
-    max_step_cost = 2.0
-    bench_variants = {"rdrop_2fwd": {"single_forward": False}}
     params = {"alpha": Rule(float, ge=0), "single_forward": Rule(bool)}
 
     def __init__(self, alpha: float = 1.0, single_forward: bool = True):

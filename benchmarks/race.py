@@ -1,8 +1,9 @@
 """The race: this project's fold trainer against Hugging Face ``Trainer`` and a minimal hand-written loop.
 
-``python -m kfold_nlp.race [--rows 224 --rounds 2 --precision fp32 bf16 --model minilm]`` (``make race``; by default
-the precisions the machine runs natively, ``hardware.native_precisions``). All
-train the same model on the same rows, batch size, max length and precision:
+``python -m benchmarks.race [--rows 224 --rounds 2 --precision fp32 bf16 --model minilm --data synthetic|commonlit|
+<csv>]`` from the repository's root (``make race [DATA=...]``; by default the precisions the machine runs natively,
+``hardware.native_precisions``, on the embedded set). All train the same model on the same rows, batch size, max
+length and precision:
 
 - ``project``: ``trainer.train_fold`` with the project's defaults (length-grouped dynamic padding, exact
   accumulation, clipping, best-state keeping, the process's allocator setting), evaluation only at the epoch's end
@@ -45,6 +46,9 @@ from kfold_nlp.model import load_tokenizer, tokenize
 from kfold_nlp.paths import CONFIG_DIR
 from kfold_nlp.trainer import EncodedRows, keep_freed_memory, make_accelerator, make_loader, train_fold
 
+from .rows import DEFAULT, HELP, load_rows
+
+ROOT = Path(__file__).resolve().parents[1]  # where ``benchmarks`` is a package, for the child processes
 CONTESTANTS = ("project", "hf_trainer", "minimal", "minimal_kept")
 
 
@@ -166,20 +170,6 @@ def run_hf_trainer(cfg, enc, targets, tokenizer, out_dir: str) -> tuple[float, s
     return n / (time.perf_counter() - start), seen.get("device", "?")
 
 
-def load_rows(path: str, n: int) -> tuple[list[str], np.ndarray]:
-    """``n`` CommonLit rows when the file exists, else the generated CommonLit-like set."""
-    import pandas as pd
-
-    if Path(path).is_file():
-        table = pd.read_csv(path).sample(n, random_state=0)
-    else:
-        from kfold_nlp.data import make_synthetic
-
-        train, _ = make_synthetic(tempfile.mkdtemp(), n_train=n, n_test=0)
-        table = pd.read_csv(train)
-    return table["excerpt"].tolist(), table["target"].to_numpy(float)
-
-
 def setup(args):
     """The config, tokenizer, encodings and targets every child process trains on."""
     cfg = config(args.model, args.precision[0], args.batch_size, args.max_length)
@@ -214,10 +204,11 @@ def profile(args) -> None:
 
 def spawn(args, name: str, precision: str, plain: bool = False) -> str:
     """Runs ``--one name`` (a contestant, or ``profile``) in a fresh process; returns its stdout."""
-    command = [sys.executable, "-m", "kfold_nlp.race", "--precision", precision, "--rows", str(args.rows),
+    command = [sys.executable, "-m", "benchmarks.race", "--precision", precision, "--rows", str(args.rows),
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
                "--data", args.data, "--one", name]
-    env = os.environ | ({"KFOLD_NLP_KEEP_FREED_MEMORY": "0"} if plain else {})
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env |= {"KFOLD_NLP_KEEP_FREED_MEMORY": "0"} if plain else {}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"race: {name} ({precision}) failed:\n{done.stderr[-2000:]}")
@@ -233,7 +224,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--data", default="../shared/data/commonlit/train.csv")
+    parser.add_argument("--data", default=DEFAULT, help=HELP)
     parser.add_argument("--profile", action="store_true", help="top operators of the project's steps instead")
     parser.add_argument("--one", choices=(*CONTESTANTS, "profile"), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
