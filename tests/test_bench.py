@@ -60,4 +60,4 @@ def test_data_is_a_preset_or_a_csv_and_a_missing_file_is_one_line(tmp_path, monk
     with pytest.raises(SystemExit) as exit_:
         rows.load_rows("commonlit", 5)  # the Kaggle file, not downloaded here
     assert exit_.value.code == 2
-    assert capsys.readouterr().err == "error: data/commonlit/train.csv: file not found\n"
+    assert capsys.readouterr().err.startswith("error: data/commonlit/train.csv: file not found; get it with: kaggle ")

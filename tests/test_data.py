@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from kfold_nlp.data import DataError, load_table, make_synthetic, readability_features
+from kfold_nlp.data import DataError, load_data, load_table, make_synthetic, readability_features
+from kfold_nlp.paths import resource
 
 FEATS = ["words_per_sentence", "chars_per_word", "rare_word_frac"]
 
@@ -296,3 +298,12 @@ def test_the_default_max_length_reads_whole_synthetic_passages(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(OmegaConf.to_container(cfg.model, resolve=True)["backbone"])
     longest = max(len(ids) for ids in tokenizer(pd.read_csv(train)["excerpt"].tolist())["input_ids"])
     assert longest <= cfg.model.max_length, longest
+
+
+def test_a_public_sets_missing_file_says_how_to_get_it(tmp_path, monkeypatch):
+    """``data=commonlit`` before the download: the line names the file and the preset's download command."""
+    monkeypatch.chdir(tmp_path)  # no data/commonlit/ here
+    cfg = OmegaConf.load(resource("conf") / "data" / "commonlit.yaml")
+    with pytest.raises(DataError, match=r"^data/commonlit/train.csv: file not found; get it with: kaggle "
+                                        r"competitions download -c commonlitreadabilityprize"):
+        load_data(cfg, 5)

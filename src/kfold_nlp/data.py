@@ -156,6 +156,8 @@ def load_data(data_cfg, n_splits: int) -> tuple[pd.DataFrame, pd.DataFrame | Non
     path = Path(data_cfg.path)
     if data_cfg.get("generate") and (not path.exists() or (path.parent / "params.json").exists()):
         make_synthetic(path.parent, **data_cfg.generate)  # never over a file it did not generate: the user's own
+    if not path.exists() and data_cfg.get("source"):  # a preset of a public set says how to get it
+        raise DataError(f"{path}: file not found; get it with: {data_cfg.source}")
     cols = dict(id_col=data_cfg.id_col, text_col=data_cfg.text_col)
     train = load_table(path, target_col=data_cfg.target_col, **cols)
     if len(train) < n_splits:

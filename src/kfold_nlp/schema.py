@@ -33,6 +33,7 @@ RULES: dict[str, Rule] = {
     "collect": Rule(bool),
     "data.name": Rule(str),
     "data.path": Rule(str),
+    "data.source": Rule(str, optional=True),
     "data.test_path": Rule(str, optional=True),
     "data.id_col": Rule(str),
     "data.text_col": Rule(str),
