@@ -12,7 +12,7 @@ HPO    ?= rdrop
 TS     := $(shell date +%Y-%m-%d_%H-%M-%S)
 
 # `make cv model=tiny` would set a make variable and drop the override silently: refuse words make does not know.
-KNOWN   := VENV EXP DATA ARGS RESUME RUN INPUT RUNS HPO LAUNCHER
+KNOWN   := VENV EXP DATA ARGS RESUME RUN INPUT RUNS HPO LAUNCHER YES
 empty   :=
 space   := $(empty) $(empty)
 UNKNOWN := $(filter-out $(KNOWN),$(foreach v,$(subst \$(space),_,$(MAKEOVERRIDES)),$(firstword $(subst =, ,$(v)))))
@@ -60,9 +60,18 @@ bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU
 race: setup  ## this project's fold trainer vs HF Trainer vs a minimal loop, each in a fresh process, interleaved, fp32 and bf16 (MiniLM) [DATA=...]; ARGS="--profile": top operators
 	$(PY) -m benchmarks.race $(if $(DATA),--data "$(DATA)") $(ARGS)
 
-clean:  ## remove run outputs and caches (keeps the virtual environment and data/)
-	rm -rf outputs/* multirun .pytest_cache
+clean:  ## remove caches; asks before removing outputs/ and multirun/ (every run: models, OOF, submissions); YES=1: no question
+	rm -rf .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+	@runs=$$(find outputs multirun -name run_config.yaml 2>/dev/null | wc -l); \
+	if [ -z "$$(ls -A outputs multirun 2>/dev/null | grep -v '^outputs:$$' | grep -v '^$$')" ]; then exit 0; fi; \
+	if [ "$(YES)" = 1 ]; then answer=y; else \
+	  printf 'remove outputs/ and multirun/ (%s run folders: their models, OOF and submissions)? [y/N] ' "$$runs"; \
+	  read answer 2>/dev/null < /dev/tty || answer=n; fi; \
+	case "$$answer" in \
+	  y|Y|yes) rm -rf outputs/* multirun; echo "removed outputs/ and multirun/";; \
+	  *) echo "kept outputs/ and multirun/ (make clean YES=1 removes them without asking)";; \
+	esac
 
 compare: setup  ## every regularizer of conf/regularizer/ on the same folds, one Hydra multirun -> outputs/compare/<time>/table.md
 	$(PY) -m kfold_nlp -m 'regularizer=glob(*)' $(if $(DATA),data=$(DATA)) \
