@@ -348,7 +348,8 @@ def main(argv=None) -> None:
     write(result, out)
     log_wandb(result, members, out, args.wandb_mode)
     table = members_table(result["metrics"])
-    print(format_table(table.reset_index()).to_markdown(index=False, disable_numparse=True))
+    signed = {c: "+.4f" for c in table.columns if c.startswith("improvement")}
+    print(format_table(table.reset_index(), signed).to_markdown(index=False, stralign="right", disable_numparse=True))
     print(report_line(result["metrics"], out))
 
 

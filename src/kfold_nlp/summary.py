@@ -105,10 +105,11 @@ def run_labels(runs: pd.DataFrame) -> pd.Series:
     common = set.intersection(*[set(o.split()) for o in runs["overrides"]]) if len(runs) else set()
     label = runs["name"].astype(str)
     dup = label.duplicated(keep=False)
-    label[dup] += " " + runs.loc[dup, "overrides"].map(lambda o: " ".join(t for t in o.split() if t not in common))
+    label[dup] = (label[dup] + " " + runs.loc[dup, "overrides"].map(
+        lambda o: " ".join(t for t in o.split() if t not in common))).str.strip()
     dup = label.duplicated(keep=False)
     label[dup] += " (" + runs.loc[dup, "path"].map(lambda p: Path(p).name) + ")"
-    return label.str.strip()
+    return label
 
 
 def _aligned(paths: dict, first) -> tuple[pd.DataFrame | None, dict]:
