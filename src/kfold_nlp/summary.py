@@ -190,8 +190,9 @@ def _partners(runs: pd.DataFrame) -> dict:
     config, seed = runs.at[ref, "config"], runs.at[ref, "seed"]
     same = runs.index[runs["config"] == config]
     by_seed = {seed: ref} | {s: n for n, s in runs.loc[same, "seed"].items() if pd.notna(s) and s != seed}
-    return {n: ref if n == ref else None if n in same and runs.at[n, "seed"] != seed
-            else by_seed.get(runs.at[n, "seed"], ref) for n in runs.index}
+    other_seed = {n for n in same if pd.notna(seed) and pd.notna(runs.at[n, "seed"]) and runs.at[n, "seed"] != seed}
+    return {n: ref if n == ref else None if n in other_seed else by_seed.get(runs.at[n, "seed"], ref)
+            for n in runs.index}
 
 
 def format_compare(table: pd.DataFrame) -> pd.DataFrame:
@@ -329,7 +330,8 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame | None:
 def _markdown(df: pd.DataFrame) -> str:
     """4 decimals for scores, 1 for seconds, blanks for missing values, one line per row."""
     fmt = {c: ".1f" if c.endswith("_s") else "g" if c == "n_seeds" else ".4f" for c in df.columns}
-    return format_table(df, fmt).to_markdown(index=False, disable_numparse=True) + "\n"
+    align = ["right" if pd.api.types.is_numeric_dtype(df[c]) else "left" for c in df.columns]
+    return format_table(df, fmt).to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
 
 
 def best_trial(root, jobs: pd.DataFrame) -> str | None:
