@@ -201,3 +201,13 @@ def test_a_blank_fold_prediction_is_refused_naming_file_and_row(name, tiny_run, 
     assert proc.stderr.strip() == (f"error: {path}: blank or non-finite pred in 1 row(s), first at data row 3; "
                                    f"retrain that fold (delete its result.json and resume)")
     assert {n: (run_dir / n).read_bytes() for n in results} == results
+
+
+def test_summed_fold_times_in_metrics_json_have_at_most_two_decimals():
+    oof = pd.DataFrame({"pred": [0.1, 0.2, 0.3], "target": [0.0, 0.25, 0.25]})
+    folds = {k: {"mse": 0.01 * (k + 1), "train_time_s": t, "eval_time_s": t / 10}
+             for k, t in enumerate([3.1, 4.2, 4.23])}  # a float sum of 11.530000000000001
+    m = cv.cv_metrics(oof, folds, mean_rmse=0.2)["cv"]
+    for key in ["train_time_s", "eval_time_s"]:
+        assert m[key] == round(m[key], 2) and len(repr(m[key]).split(".")[1]) <= 2
+    assert m["train_time_s"] == pytest.approx(11.53)

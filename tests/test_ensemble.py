@@ -82,7 +82,7 @@ def test_a_run_blended_with_its_copy_is_the_run(two_runs, tmp_path, capsys, meth
     assert np.allclose(pd.read_csv(out / "submission.csv")["target"], pd.read_csv(a / "submission.csv")["target"])
     cv = json.loads((out / "metrics.json").read_text())["cv"]
     assert cv["rmse"] == pytest.approx(json.loads((a / "metrics.json").read_text())["cv"]["rmse"])
-    assert cv["gain_lo"] == cv["gain_hi"] == pytest.approx(0, abs=1e-12)
+    assert cv["improvement_lo"] == cv["improvement_hi"] == pytest.approx(0, abs=1e-12)
 
 
 def _mixture(n=2000, seed=0):
@@ -147,9 +147,10 @@ def test_blended_submission_is_the_weighted_mean_of_the_member_submissions(tmp_p
     out = tmp_path / "out"
     assert blend_cli(capsys, *members, "--method", "nnls", "--out", out)[0] == 0
     weights = json.loads((out / "weights.json").read_text())
+    folder = {n: m["folder"] for n, m in json.loads((out / "metrics.json").read_text())["members"].items()}
     sub = pd.read_csv(out / "submission.csv", dtype={"excerpt_id": str})
     assert sub.columns.tolist() == ["excerpt_id", "score"] and sub["excerpt_id"].tolist() == test_ids
-    expected = sum(w * pd.read_csv(tmp_path / name / "submission.csv", dtype={"excerpt_id": str})
+    expected = sum(w * pd.read_csv(Path(folder[name]) / "submission.csv", dtype={"excerpt_id": str})
                    .set_index("excerpt_id").loc[test_ids, "score"].to_numpy() for name, w in weights.items())
     assert np.allclose(sub["score"], expected) and len(set(np.round(list(weights.values()), 6))) > 1
 
@@ -166,10 +167,10 @@ def test_ensemble_folder_records_scores_and_an_offline_wandb_run(two_runs, tmp_p
     oof = pd.read_csv(out / "oof.csv")
     assert m["cv"]["rmse"] == pytest.approx(stats.rmse(oof["target"], oof["pred"]))  # nested, from the file
     assert m["cv"]["rmse_in_sample"] == pytest.approx(stats.rmse(oof["target"], oof["pred_in_sample"]))
-    for name, run in [("a", a), ("b", b)]:
+    for name, run in [("baseline", a), ("rdrop", b)]:  # members by run name
         run_rmse = json.loads((run / "metrics.json").read_text())["cv"]["rmse"]
-        assert m["members"][name]["cv_rmse"] == pytest.approx(run_rmse)
-    assert m["members"]["a"]["weight"] == json.loads((out / "weights.json").read_text())["a"]
+        assert m["members"][name]["cv_rmse"] == pytest.approx(run_rmse) and m["members"][name]["folder"] == run.name
+    assert m["members"]["baseline"]["weight"] == json.loads((out / "weights.json").read_text())["baseline"]
     (run,) = wandb_runs(out)
     assert run["group"] == "ensemble" and run["state"] == "finished" and run["job_type"] == "greedy"
     assert run["summary"]["cv/rmse"] == pytest.approx(m["cv"]["rmse"])
@@ -182,7 +183,7 @@ def test_sweep_and_ensemble_folders_expand_to_their_runs(two_runs, tmp_path, cap
     shutil.copytree(a, sweep / "0")
     shutil.copytree(b, sweep / "1")
     assert blend_cli(capsys, sweep, "--out", tmp_path / "e1")[0] == 0
-    assert list(json.loads((tmp_path / "e1" / "weights.json").read_text())) == [str(sweep / "0"), str(sweep / "1")]
+    assert list(json.loads((tmp_path / "e1" / "weights.json").read_text())) == ["baseline", "rdrop"]  # run names
     assert report.find_runs([tmp_path / "e1"]) == [sweep / "0", sweep / "1"]
     assert report.find_ensembles([tmp_path]) == [tmp_path / "e1"]
 
@@ -255,3 +256,34 @@ def test_a_blank_or_non_finite_member_prediction_is_refused_naming_the_file(two_
     line = _one_error_line(*blend_cli(capsys, a, b, "--out", tmp_path / "out"))
     assert line.startswith(f"error: {b / name}: 1 blank or non-finite prediction(s), first at data row 4")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_report_line_says_improvement_with_its_sign_and_names_members_by_run_name(tmp_path, capsys):
+    f, rng = rows(400), np.random.default_rng(3)
+    sweep = tmp_path / "sweep"  # folders named like a sweep's jobs: 0, 1, 2
+    for job, (name, sd) in enumerate([("baseline", 0.5), ("rdrop", 0.55), ("msd", 0.6)]):
+        write_run(sweep / str(job), f, f["target"] + rng.normal(0, sd, len(f)), rng.normal(size=12), name=name)
+    code, stdout, _ = blend_cli(capsys, sweep, "--out", tmp_path / "out")
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    c = m["cv"]
+    assert code == 0 and list(m["members"]) == ["baseline", "rdrop", "msd"] and c["best_member"] == "baseline"
+    assert c["improvement_vs_best_member"] == pytest.approx(c["best_member_rmse"] - c["rmse"])  # positive: better
+    assert (c["improvement_vs_best_member"] > 0) == (c["rmse"] < c["best_member_rmse"])
+    for d in m["members"].values():
+        assert d["improvement"] == pytest.approx(d["cv_rmse"] - c["rmse"])
+        assert d["improvement_lo"] <= d["improvement_hi"]
+    line = stdout.strip().splitlines()[-1]
+    assert f"best member baseline {c['best_member_rmse']:.4f}: improvement {c['improvement_vs_best_member']:+.4f}" \
+        in line and "positive, the blend is better" in line
+    table = stdout.split("Ensemble folder:")[0]
+    assert "baseline" in table and "msd" in table and str(sweep) not in table and "nan" not in table.lower()
+
+
+def test_a_blend_worse_than_its_best_member_shows_a_negative_improvement():
+    f = rows(400)
+    rng = np.random.default_rng(4)
+    good, bad = f["target"] + rng.normal(0, 0.1, len(f)), f["target"] + rng.normal(0, 1.0, len(f))
+    members = ensemble.Members(["good", "bad"], [Path("good"), Path("bad")], f, np.column_stack([good, bad]))
+    c = ensemble.blend(members, "mean")["metrics"]["cv"]
+    assert c["rmse"] > c["best_member_rmse"] and c["improvement_vs_best_member"] < 0 < -c["improvement_hi"]
+    assert ensemble.improvement_marked(c)

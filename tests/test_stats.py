@@ -193,3 +193,57 @@ def test_runs_on_other_folds_get_no_interval(tmp_path):
     jobs = sweep_table(collect(tmp_path)).set_index("job")
     assert np.isnan(jobs.loc["b", "ci_lo"]) and jobs.loc["b", "diff_vs_ref"] == pytest.approx(-jobs.loc["a", "cv_rmse"])
     assert pd.isna(compare_table(collect(tmp_path)).loc["RMSE diff 95% low", "rdrop"])
+
+
+# ---- marks only where the comparison means something (issue 21) ----
+
+def _moved(f, pred, share):
+    """``pred`` moved ``share`` of the way to the target on every row: a consistent gain, so a tight interval."""
+    return pred + share * (f["target"] - pred)
+
+
+def test_a_difference_below_the_practical_threshold_gets_no_mark_whatever_its_interval(tmp_path):
+    f = rows(3000)
+    pred = f["target"] + np.random.default_rng(0).normal(0, 0.5, len(f))
+    for name, p in [("baseline", pred), ("msd", _moved(f, pred, 0.001)), ("rdrop", _moved(f, pred, 0.1))]:
+        write_run(tmp_path / name, f, p, name=name)
+    table = write_compare(tmp_path)
+    tiny, large = table.loc["RMSE diff", "msd"], table.loc["RMSE diff", "rdrop"]
+    assert abs(tiny) < stats.MIN_DIFF <= abs(large)
+    assert table.loc["interval excludes 0", "msd"] and table.loc["interval excludes 0", "rdrop"]  # both "real"
+    body = (tmp_path / "table.md").read_text().split("\n\n")[0]
+    assert f"{large:.4f} *" in body and body.count("*") == 1  # only the one large enough to matter
+    assert stats.Interval(tiny, tiny - 1e-4, tiny + 1e-4).marked() is False
+    assert stats.Interval(large, large - 1e-4, large + 1e-4).marked() is True
+
+
+def test_seeds_of_one_configuration_are_paired_not_compared_as_configurations(tmp_path):
+    """What the notebook shows for a seed sweep: the seeds' own noise (a large seed effect) is no difference."""
+    from kfold_nlp import report
+
+    _seed_sweep(tmp_path)  # baseline and rdrop, seeds 0, 1, 2; rdrop better on every seed
+    df = report.load_runs(report.find_runs([tmp_path]))
+    table = compare_table(df.assign(name=df["label"]))
+    labels = dict(zip(df["seed"].astype(int).astype(str) + df["name"], df["label"]))
+    base1, rdrop1 = labels["1baseline"], labels["1rdrop"]
+    assert table.attrs["reference"] == labels["0baseline"]
+    assert pd.isna(table.loc["RMSE diff", base1]) and pd.isna(table.loc["interval excludes 0", base1])
+    assert table.loc["compared with", rdrop1] == base1  # the reference configuration's run of the same seed
+    cv = df.set_index("label")["cv_rmse"]
+    assert table.loc["RMSE diff", rdrop1] == pytest.approx(cv[rdrop1] - cv[base1])
+    from kfold_nlp.summary import format_compare
+
+    shown = format_compare(table)
+    assert shown.loc["RMSE diff", base1] == "" and shown.loc["RMSE diff", rdrop1].endswith(" *")
+
+
+def test_rendered_tables_have_no_nan_and_no_negative_zero(tmp_path):
+    from kfold_nlp.summary import _markdown, format_table, text
+
+    assert text(-0.00001) == "0.0000" and text(-0.5) == "-0.5000" and text(np.nan) == "" and text(None) == ""
+    md = _markdown(pd.DataFrame({"ci_hi": [-0.00004, 0.1], "sig": [np.nan, "*"], "n_seeds": [3, 3]}))
+    assert "nan" not in md.lower() and "-0.0000" not in md and "0.0000" in md
+    write_sweep(_seed_sweep(tmp_path))
+    seeds = seed_table(collect(tmp_path))
+    for rendered in [(tmp_path / "sweep.md").read_text(), format_table(seeds).to_string()]:
+        assert "nan" not in rendered.lower() and "-0.0000" not in rendered

@@ -227,3 +227,19 @@ def test_compare_table_still_has_one_column_per_experiment(tmp_path):
     assert table.columns.tolist() == ["baseline", "rdrop"]
     assert table.loc["diff", "rdrop"] == pytest.approx(0.25 - 0.36)
     assert (tmp_path / "table.md").exists()
+
+
+def test_sweep_summary_and_the_end_of_a_sweep_name_the_folder_of_the_best_trial(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from kfold_nlp.callbacks import SweepSummary
+
+    for job, (lr, rmse) in enumerate([("1e-5", 0.6), ("3e-5", 0.5), ("5e-5", 0.7)]):
+        fake_run(tmp_path / str(job), ["+hpo=rdrop", f"optimizer.lr={lr}"], rmse, status="ok")
+    fake_run(tmp_path / "3", ["+hpo=rdrop", "optimizer.lr=9e-5"], None, status="failed")
+    line = f"best trial: {tmp_path / '1'} (CV RMSE 0.5000, params optimizer.lr=3e-5)"
+    write_sweep(tmp_path)
+    assert line in (tmp_path / "sweep.md").read_text()
+    with caplog.at_level("INFO", logger="kfold_nlp.callbacks"):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert caplog.messages[-1] == line  # the last line a sweep prints

@@ -20,17 +20,20 @@ from .files import write_json
 log = logging.getLogger(__name__)
 
 
-def _locked_write(sweep_dir: Path) -> None:
-    """Never raises: a summary problem must not fail the job that triggered it (the next job rewrites it)."""
-    from .summary import write_sweep  # pandas only once a job has run, not at every start-up
+def _locked_write(sweep_dir: Path) -> str | None:
+    """The summary's ``best trial:`` line. Never raises: a summary problem must not fail the job that triggered it
+    (the next job rewrites it)."""
+    from .summary import best_trial, write_sweep  # pandas only once a job has run, not at every start-up
 
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with open(sweep_dir / ".sweep.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            write_sweep(sweep_dir)
+            jobs = write_sweep(sweep_dir)
+        return best_trial(sweep_dir, jobs) if len(jobs) else None
     except Exception as err:  # noqa: BLE001
         log.warning("sweep summary not written: %r", err)
+        return None
 
 
 class SweepSummary(Callback):
@@ -52,5 +55,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        _locked_write(sweep_dir)
+        best = _locked_write(sweep_dir)
         log.info("Sweep folder: %s | summary: %s", sweep_dir, sweep_dir / "sweep.md")
+        if best:
+            log.info("%s", best)  # last, so `make hpo` ends naming the folder that holds the best trial

@@ -338,8 +338,9 @@ def cv_metrics(oof: pd.DataFrame, fold_results: dict[int, dict], mean_rmse: floa
             "fold_rmse_sd": float(fold_rmse.std(ddof=1)) if len(fold_rmse) > 1 else 0.0,
             "mean_predictor_rmse": mean_rmse,
             "n_rows": len(oof),
-            "train_time_s": float(sum(r["train_time_s"] for r in fold_results.values())),
-            "eval_time_s": float(sum(r.get("eval_time_s", 0.0) for r in fold_results.values())),
+            # a sum of float seconds carries binary noise in its last digits: 2 decimals are what is measured
+            "train_time_s": round(float(sum(r["train_time_s"] for r in fold_results.values())), 2),
+            "eval_time_s": round(float(sum(r.get("eval_time_s", 0.0) for r in fold_results.values())), 2),
         },
         "folds": {str(k): v for k, v in fold_results.items()},
     }

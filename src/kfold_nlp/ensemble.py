@@ -29,6 +29,7 @@ from . import stats
 from .data import refuse
 from .files import write_csv, write_json
 from .runs import find_runs, is_ensemble
+from .summary import MARK, collect, format_table, run_labels
 
 METHODS = ("mean", "nnls", "greedy")
 GREEDY_STEPS = 100  # selections with replacement: weights are multiples of 1/steps at most
@@ -43,7 +44,7 @@ class EnsembleError(ValueError):
 class Members:
     """The members' predictions on shared rows: OOF ``(n_rows, n_members)`` and test ``(n_test, n_members)``."""
 
-    names: list[str]
+    names: list[str]  # run names, unique (``summary.run_labels``)
     paths: list[Path]
     rows: pd.DataFrame  # id, fold, target of the OOF rows, in the first member's order
     oof: np.ndarray
@@ -113,11 +114,22 @@ def nested_predictions(preds: np.ndarray, target: np.ndarray, folds: np.ndarray,
 # ---- members ----
 
 def _display(path: Path) -> str:
-    """The member's name: its path relative to the working directory when below it, else absolute."""
+    """The member's folder: its path relative to the working directory when below it, else absolute."""
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def member_names(paths: list[Path]) -> list[str]:
+    """Each member's run name (its ``name``, with what differs where names repeat), not its folder: a sweep's
+    folders are numbers. A folder without a Hydra config is named by its folder."""
+    rows = []
+    for path in paths:
+        found = collect(path) if (path / ".hydra").is_dir() else pd.DataFrame()
+        row = found[found["run"] == "."].iloc[0].to_dict() if len(found) else {"name": None, "overrides": ""}
+        rows.append(row | {"name": row["name"] or _display(path), "path": path})
+    return run_labels(pd.DataFrame(rows)).tolist()
 
 
 def _read(path: Path, name: str, **kw) -> pd.DataFrame:
@@ -171,7 +183,7 @@ def load_members(paths: list[Path]) -> Members:
                             f"(a run of some folds only?)") from None
     if rows["fold"].nunique() < 2:
         raise EnsembleError("the OOF rows cover one fold: no held-out fold to score the weights on")
-    members = Members([_display(p) for p in paths], paths, rows, oof)
+    members = Members(member_names(paths), paths, rows, oof)
     if all(s is None for s in subs):
         return members
     if any(s is None for s in subs):
@@ -198,9 +210,10 @@ def blend(members: Members, method: str = "nnls", steps: int = GREEDY_STEPS) -> 
     in_sample = members.oof @ weights
     counts = stats.resample_counts(folds)
     member_rmse = {n: stats.rmse(target, members.oof[:, j]) for j, n in enumerate(members.names)}
-    # The blend's gain over each member: nested blend RMSE minus the member's, paired over the same rows.
-    gains = {n: stats.compare_columns(target, folds, members.oof[:, j], {"blend": nested}, counts=counts)["blend"]
-             for j, n in enumerate(members.names)}
+    # The blend's improvement over each member: the member's RMSE minus the nested blend's (positive: the blend is
+    # better), paired over the same rows.
+    better = {n: stats.compare_columns(target, folds, nested, {"member": members.oof[:, j]}, counts=counts)["member"]
+              for j, n in enumerate(members.names)}
     best = min(member_rmse, key=member_rmse.get)
     fold_rmse = np.array([stats.rmse(target[folds == k], nested[folds == k]) for k in fold_weights])
     metrics = {
@@ -211,11 +224,13 @@ def blend(members: Members, method: str = "nnls", steps: int = GREEDY_STEPS) -> 
             "rmse_in_sample": stats.rmse(target, in_sample), "mse_in_sample": stats.rmse(target, in_sample) ** 2,
             "fold_rmse_mean": float(fold_rmse.mean()), "fold_rmse_sd": float(fold_rmse.std(ddof=1)),
             "n_rows": len(target), "best_member": best, "best_member_rmse": member_rmse[best],
-            "gain_vs_best_member": gains[best].diff, "gain_lo": gains[best].lo, "gain_hi": gains[best].hi,
-            "gain_excludes_zero": gains[best].excludes_zero, "n_boot": stats.N_BOOT, "level": stats.LEVEL,
+            "improvement_vs_best_member": better[best].diff, "improvement_lo": better[best].lo,
+            "improvement_hi": better[best].hi, "improvement_excludes_zero": better[best].excludes_zero,
+            "n_boot": stats.N_BOOT, "level": stats.LEVEL,
         },
-        "members": {n: {"path": str(p), "weight": float(w), "cv_rmse": member_rmse[n], "gain": gains[n].diff,
-                        "gain_lo": gains[n].lo, "gain_hi": gains[n].hi, "gain_excludes_zero": gains[n].excludes_zero}
+        "members": {n: {"path": str(p), "folder": _display(p), "weight": float(w), "cv_rmse": member_rmse[n],
+                        "improvement": better[n].diff, "improvement_lo": better[n].lo,
+                        "improvement_hi": better[n].hi, "improvement_excludes_zero": better[n].excludes_zero}
                     for n, p, w in zip(members.names, members.paths, weights)},
         "folds": {str(k): {"rmse": float(r), "weights": dict(zip(members.names, map(float, fold_weights[k])))}
                   for k, r in zip(fold_weights, fold_rmse)},
@@ -275,21 +290,39 @@ def log_wandb(result: dict, members: Members, out: Path, mode: str) -> None:
     with wandb_run(cfg, run_dir=out, group=GROUP, name=f"{GROUP}-{m['method']}-{out.name}", job_type=m["method"]) as wb:
         wb.summary.update({"cv/rmse": m["cv"]["rmse"], "cv/rmse_in_sample": m["cv"]["rmse_in_sample"],
                            "cv/best_member_rmse": m["cv"]["best_member_rmse"],
-                           "cv/gain_vs_best_member": m["cv"]["gain_vs_best_member"],
-                           "cv/gain_lo": m["cv"]["gain_lo"], "cv/gain_hi": m["cv"]["gain_hi"]})
+                           "cv/improvement_vs_best_member": m["cv"]["improvement_vs_best_member"],
+                           "cv/improvement_lo": m["cv"]["improvement_lo"],
+                           "cv/improvement_hi": m["cv"]["improvement_hi"]})
         if mode != "disabled":
             import wandb
 
-            table = pd.DataFrame([{"run": n, **{k: v for k, v in d.items() if k != "path"}}
+            table = pd.DataFrame([{"run": n, **{k: v for k, v in d.items() if k not in ("path", "folder")}}
                                   for n, d in m["members"].items()])
             wb.log({"members": wandb.Table(dataframe=table)})
 
 
+def improvement_marked(d: dict, key: str = "improvement_vs_best_member") -> bool:
+    """``stats.Interval.marked`` of a recorded improvement (``metrics["cv"]``, or a member's with ``key``
+    ``improvement``): the interval excludes 0 and the improvement is at least ``stats.MIN_DIFF``."""
+    return bool(d["improvement_excludes_zero"]) and abs(d[key]) >= stats.MIN_DIFF
+
+
 def members_table(metrics: dict) -> pd.DataFrame:
-    """One row per member: weight, CV RMSE, the blend's gain over it and its interval (``*``: excludes 0)."""
-    table = pd.DataFrame.from_dict(metrics["members"], orient="index").drop(columns="path")
-    table["sig"] = table.pop("gain_excludes_zero").map(lambda v: "*" if v else "")
-    return table.rename_axis("run")
+    """One row per member (its run name): weight, CV RMSE, the blend's improvement over it (positive: the blend is
+    better) and its interval, ``sig`` (``*``: ``improvement_marked``)."""
+    members = metrics["members"]
+    table = pd.DataFrame.from_dict(members, orient="index").drop(columns=["path", "folder"], errors="ignore")
+    table["sig"] = [MARK if improvement_marked(d, "improvement") else "" for d in members.values()]
+    return table.drop(columns="improvement_excludes_zero").rename_axis("run")
+
+
+def report_line(metrics: dict, out: Path) -> str:
+    c = metrics["cv"]
+    mark = f" {MARK}" if improvement_marked(c) else ""
+    return (f"Ensemble folder: {out} | {metrics['method']} | CV RMSE {c['rmse']:.4f} nested "
+            f"({c['rmse_in_sample']:.4f} in-sample) | best member {c['best_member']} {c['best_member_rmse']:.4f}: "
+            f"improvement {c['improvement_vs_best_member']:+.4f} [{c['improvement_lo']:+.4f}, "
+            f"{c['improvement_hi']:+.4f}]{mark} (best member - blend: positive, the blend is better)")
 
 
 def main(argv=None) -> None:
@@ -314,11 +347,10 @@ def main(argv=None) -> None:
     out = args.out or default_out()
     write(result, out)
     log_wandb(result, members, out, args.wandb_mode)
-    c = result["metrics"]["cv"]
-    print(members_table(result["metrics"]).to_markdown(floatfmt=".4f"))
-    print(f"Ensemble folder: {out} | {args.method} | CV RMSE {c['rmse']:.4f} nested ({c['rmse_in_sample']:.4f} "
-          f"in-sample) | best member {c['best_member_rmse']:.4f}: gain {c['gain_vs_best_member']:+.4f} "
-          f"[{c['gain_lo']:+.4f}, {c['gain_hi']:+.4f}]")
+    table = members_table(result["metrics"])
+    signed = {c: "+.4f" for c in table.columns if c.startswith("improvement")}
+    print(format_table(table.reset_index(), signed).to_markdown(index=False, stralign="right", disable_numparse=True))
+    print(report_line(result["metrics"], out))
 
 
 if __name__ == "__main__":

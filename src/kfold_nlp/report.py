@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from .ensemble import members_table
+from .ensemble import improvement_marked, members_table
 from .paths import NOTEBOOK
 from .runs import ROOT, find_ensembles, find_runs, is_ensemble  # noqa: F401  (report.* in the notebook and tests)
-from .summary import collect
+from .summary import MARK, collect, run_labels
 
 
 def _member_label(m: dict, name: str, labels: dict | None) -> str:
@@ -38,16 +38,17 @@ def ensemble_scores(folder, labels: dict | None = None) -> pd.Series:
         "CV RMSE, in-sample (weights fitted on all rows)": f"{c['rmse_in_sample']:.4f}",
         "optimism of the in-sample score (nested - in-sample)": f"{c['rmse'] - c['rmse_in_sample']:+.4f}",
         f"best member ({_member_label(m, c['best_member'], labels)}) CV RMSE": f"{c['best_member_rmse']:.4f}",
-        "gain over the best member (nested blend - best)": f"{c['gain_vs_best_member']:+.4f}",
-        f"gain {c['level']:.0%} interval (paired bootstrap over rows)":
-            f"[{c['gain_lo']:+.4f}, {c['gain_hi']:+.4f}]" + (" *" if c["gain_excludes_zero"] else ""),
+        "improvement over the best member (best - nested blend; positive: the blend is better)":
+            f"{c['improvement_vs_best_member']:+.4f}",
+        f"improvement {c['level']:.0%} interval (paired bootstrap over rows)":
+            f"[{c['improvement_lo']:+.4f}, {c['improvement_hi']:+.4f}]" + (f" {MARK}" if improvement_marked(c) else ""),
     }, name=Path(folder).name)
 
 
 def ensemble_members(folder, labels: dict | None = None) -> pd.DataFrame:
-    """One row per member: weight (fitted on all rows), its CV RMSE, the blend's gain over it with the interval
-    (``*``: excludes 0), and the weights fitted without each fold (how stable they are). ``labels``: path -> the
-    name shown elsewhere in the notebook."""
+    """One row per member: weight (fitted on all rows), its CV RMSE, the blend's improvement over it with the
+    interval (``*``: ``ensemble.improvement_marked``), and the weights fitted without each fold (how stable they
+    are). ``labels``: path -> the name shown elsewhere in the notebook."""
     m = json.loads((Path(folder) / "metrics.json").read_text())
     table = members_table(m)
     for k, fold in sorted(m["folds"].items(), key=lambda kv: int(kv[0])):
@@ -66,13 +67,7 @@ def load_runs(runs: list[Path]) -> pd.DataFrame:
         by_fold = sorted(folds.items(), key=lambda kv: int(kv[0]))
         rows.append(row | {"path": run} | {f"fold {k} RMSE": v["rmse"] for k, v in by_fold})
     df = pd.DataFrame(rows)
-    common = set.intersection(*[set(o.split()) for o in df["overrides"]])
-    df["label"] = df["name"].astype(str)
-    dup = df["label"].duplicated(keep=False)
-    df.loc[dup, "label"] += " " + df.loc[dup, "overrides"].map(
-        lambda o: " ".join(t for t in o.split() if t not in common))
-    dup = df["label"].duplicated(keep=False)
-    df.loc[dup, "label"] += " (" + df.loc[dup, "path"].map(lambda p: p.name) + ")"
+    df["label"] = run_labels(df)
     return df
 
 

@@ -40,9 +40,10 @@ def _folders(paths, root) -> list[Path]:
 
 
 def ensemble_member_paths(folder, root=ROOT) -> list[Path]:
-    """The run folders an ensemble blended (its recorded absolute paths, else its run names below ``root``)."""
+    """The run folders an ensemble blended (its recorded absolute paths, else their folders below ``root``)."""
     members = json.loads((Path(folder) / "metrics.json").read_text())["members"]
-    return [Path(m["path"]) if Path(m["path"]).exists() else _resolve(name, root) for name, m in members.items()]
+    return [Path(m["path"]) if Path(m["path"]).exists() else _resolve(m.get("folder", name), root)
+            for name, m in members.items()]
 
 
 def find_runs(paths, root=ROOT) -> list[Path]:

@@ -7,8 +7,9 @@ Conventions, the same everywhere:
   noise) cancels and only their disagreement is left. Rows are drawn with replacement within each fold (stratified
   by fold), so every resample keeps each fold's size, like the CV score it imitates.
 - The interval is the 2.5% and 97.5% percentiles of the resampled differences (95%): it says how much the
-  difference would move on another sample of texts like these, for these trained models. An interval that
-  excludes 0 is marked as a real difference (``excludes_zero``).
+  difference would move on another sample of texts like these, for these trained models. A difference is marked
+  (``marked``) when its interval excludes 0 *and* it is at least ``MIN_DIFF``: with thousands of rows and
+  near-constant predictors a gap far too small to matter can still exclude 0.
 - Over seeds, the training noise of each run adds to the row noise; ``seed_diff`` adds the two variances.
 """
 
@@ -25,6 +26,7 @@ from scipy.special import stdtrit
 N_BOOT = 2000  # resamples: each bound of a 95% interval then varies by about 0.06 se from one seed to another
 LEVEL = 0.95
 SEED = 0  # fixed, so a table rebuilt from the same files shows the same intervals
+MIN_DIFF = 0.005  # RMSE: the smallest difference worth a mark, whatever its interval (a practical threshold)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class Interval:
     def excludes_zero(self) -> bool:
         """The interval lies on one side of 0: a real difference at this level, not row noise."""
         return bool(self.lo > 0 or self.hi < 0)
+
+    def marked(self, min_diff: float = MIN_DIFF) -> bool:
+        """Worth a mark: the interval excludes 0 and the difference is large enough to matter in practice."""
+        return self.excludes_zero and bool(abs(self.diff) >= min_diff)
 
 
 @dataclass(frozen=True)

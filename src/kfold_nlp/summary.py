@@ -25,9 +25,29 @@ from .paths import resource
 
 SCORES = ["cv_mse", "cv_rmse", "fold_rmse_mean", "fold_rmse_sd", "fold_mse_mean", "fold_mse_sd", "wall_time_s"]
 REFERENCE = "baseline"  # the run every other is compared against, when there is one
-MARK = "*"  # a difference whose interval excludes 0
+MARK = "*"  # a difference whose interval excludes 0 and that is at least stats.MIN_DIFF (Interval.marked)
+MARK_NOTE = f"{MARK}: the interval excludes 0 and |diff| >= {stats.MIN_DIFF} (a smaller gap is not marked)"
 INTERVAL_NOTE = (f"95% interval: paired bootstrap over the OOF rows, stratified by fold, {stats.N_BOOT} resamples; "
-                 f"{MARK}: the interval excludes 0. Blank: no OOF file, or other folds.\n")
+                 f"{MARK_NOTE}. Blank: no OOF file, or other folds.\n")
+
+
+def text(value, fmt: str = ".4f") -> str:
+    """A table cell: blank when missing (never ``nan``), ``yes``/``no`` for a flag, never ``-0.0000``."""
+    if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float, np.number)):
+        out = f"{value:{fmt}}"
+        return out[1:] if out.startswith("-") and float(out) == 0 else out
+    return str(value)
+
+
+def format_table(df: pd.DataFrame, fmt: dict | None = None) -> pd.DataFrame:
+    """Every cell as ``text`` (4 decimals unless ``fmt`` says otherwise per column), one line per cell."""
+    fmt = fmt or {}
+    out = pd.DataFrame({c: [text(v, fmt.get(c, ".4f")) for v in df[c]] for c in df.columns}, index=df.index)
+    return out.replace(r"\s*\n\s*", " ", regex=True)
 
 
 def regularizer_order() -> list[str]:
@@ -79,6 +99,19 @@ def collect(root) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def run_labels(runs: pd.DataFrame) -> pd.Series:
+    """A unique label per row of ``collect``: the run's name; where names repeat, plus the overrides that differ
+    between the runs (a seed or learning-rate sweep of one regularizer); where they still repeat, plus the folder."""
+    common = set.intersection(*[set(o.split()) for o in runs["overrides"]]) if len(runs) else set()
+    label = runs["name"].astype(str)
+    dup = label.duplicated(keep=False)
+    label[dup] = (label[dup] + " " + runs.loc[dup, "overrides"].map(
+        lambda o: " ".join(t for t in o.split() if t not in common))).str.strip()
+    dup = label.duplicated(keep=False)
+    label[dup] += " (" + runs.loc[dup, "path"].map(lambda p: Path(p).name) + ")"
+    return label
+
+
 def _aligned(paths: dict, first) -> tuple[pd.DataFrame | None, dict]:
     """The OOF rows of run ``first`` and the predictions, in that row order, of every run on the same rows and folds
     (runs without ``oof.csv`` or on other folds are left out)."""
@@ -112,38 +145,69 @@ def compare_table(runs: pd.DataFrame) -> pd.DataFrame:
     order = regularizer_order()
     runs = runs.loc[[n for n in order if n in runs.index] + [n for n in runs.index if n not in order]]
     ref = runs.index[0] if len(runs) else None
-    found = intervals(runs["path"].to_dict(), ref) if "path" in runs and ref is not None else {}
+    partner = pd.Series(_partners(runs), index=runs.index, dtype=object)
+    found = {}
+    for base, group in partner.dropna().groupby(partner.dropna()):
+        if "path" in runs:
+            found |= {k: v for k, v in intervals(runs.loc[[base, *group.index], "path"].to_dict(), base).items()
+                      if k in group.index}
     ci = pd.DataFrame({k: {"lo": v.lo, "hi": v.hi, "sig": v.excludes_zero} for k, v in found.items()},
                       index=["lo", "hi", "sig"]).T.reindex(runs.index)
-    table = pd.DataFrame({
+
+    def against(col):  # each column minus its partner's
+        return pd.Series({n: runs.at[n, col] - runs.at[p, col] if p is not None else np.nan
+                          for n, p in partner.items()}, dtype=float)
+
+    rows = {
         "validation MSE": runs["cv_mse"],
-        "diff": runs["cv_mse"] - runs["cv_mse"].get(ref, float("nan")),
+        "diff": against("cv_mse"),
         "validation RMSE": runs["cv_rmse"],
-        "RMSE diff": runs["cv_rmse"] - runs["cv_rmse"].get(ref, float("nan")),
+        "RMSE diff": against("cv_rmse"),
         "RMSE diff 95% low": ci["lo"].astype(float),
         "RMSE diff 95% high": ci["hi"].astype(float),
         "interval excludes 0": ci["sig"],
         "fold MSE mean": runs["fold_mse_mean"],
         "fold MSE sd": runs["fold_mse_sd"],
         "train time (s)": runs["train_time_s"],
-    }).T
+    }
+    if partner.dropna().nunique() > 1:  # seeds paired: say which run each one is compared with
+        rows = {"compared with": partner.where(partner.notna(), None), **rows}
+    table = pd.DataFrame(rows).T
     table.columns.name = None
     table.attrs["reference"] = ref
     return table
 
 
-def format_compare(table: pd.DataFrame) -> pd.DataFrame:
-    """``compare_table`` as text: 4 decimals, ``*`` after an RMSE diff whose interval excludes 0, blanks for NaN."""
-    def cell(v):
-        if isinstance(v, (bool, np.bool_)):
-            return "yes" if v else "no"
-        return "" if pd.isna(v) else f"{v:.4f}"
+def _partners(runs: pd.DataFrame) -> dict:
+    """name -> the run it is compared against: the reference (the first column), or, with seeds, the reference
+    configuration's run of the same seed (seeds paired); None for another seed of the reference configuration,
+    which is the same configuration, not a rival (the seed table compares configurations over seeds)."""
+    if not len(runs):
+        return {}
+    ref = runs.index[0]
+    if not {"config", "seed"} <= set(runs):
+        return {n: ref for n in runs.index}
+    config, seed = runs.at[ref, "config"], runs.at[ref, "seed"]
+    same = runs.index[runs["config"] == config]
+    by_seed = {seed: ref} | {s: n for n, s in runs.loc[same, "seed"].items() if pd.notna(s) and s != seed}
+    other_seed = {n for n in same if pd.notna(seed) and pd.notna(runs.at[n, "seed"]) and runs.at[n, "seed"] != seed}
+    return {n: ref if n == ref else None if n in other_seed else by_seed.get(runs.at[n, "seed"], ref)
+            for n in runs.index}
 
-    out = table.map(cell)
-    sig = table.loc["interval excludes 0"].map(lambda v: v is True or v is np.True_)
-    for col in sig[sig].index:
+
+def format_compare(table: pd.DataFrame) -> pd.DataFrame:
+    """``compare_table`` as text (``text``): ``*`` after an RMSE diff whose interval excludes 0 and that is at least
+    ``stats.MIN_DIFF``."""
+    out = table.map(text)
+    excludes = table.loc["interval excludes 0"].map(lambda v: v is True or v is np.True_)
+    diff = pd.to_numeric(table.loc["RMSE diff"], errors="coerce").abs()
+    for col in excludes[excludes & (diff >= stats.MIN_DIFF)].index:
         out.loc["RMSE diff", col] += f" {MARK}"
     return out
+
+
+def compare_markdown(table: pd.DataFrame) -> str:
+    return format_compare(table).to_markdown(stralign="right", disable_numparse=True)
 
 
 def write_compare(root) -> pd.DataFrame:
@@ -151,12 +215,14 @@ def write_compare(root) -> pd.DataFrame:
     table = compare_table(collect(root))
     write_csv(table.reset_index(names="metric"), root / "table.csv")
     with atomic_path(root / "table.md") as tmp:
-        tmp.write_text(format_compare(table).to_markdown(stralign="right") + "\n\n" + _legend(table.attrs["reference"]))
+        tmp.write_text(compare_markdown(table) + "\n\n" + _legend(table))
     return table
 
 
-def _legend(ref) -> str:
-    return f"Differences are against `{ref}` (negative: better). {INTERVAL_NOTE}"
+def _legend(table: pd.DataFrame) -> str:
+    against = (f"the run in `compared with` (the reference `{table.attrs['reference']}`'s configuration, same seed; "
+               f"blank: another seed of it)" if "compared with" in table.index else f"`{table.attrs['reference']}`")
+    return f"Differences are against {against} (negative: better). {INTERVAL_NOTE}"
 
 
 def reference_config(ok: pd.DataFrame) -> str:
@@ -184,13 +250,13 @@ def _vs_reference(runs: pd.DataFrame) -> pd.DataFrame:
         for i in members.index:
             iv = found.get(i, stats.Interval(np.nan, np.nan, np.nan))
             rows[i] = {"ref": ok.at[ref, "run"], "diff_vs_ref": ok.at[i, "cv_rmse"] - ok.at[ref, "cv_rmse"],
-                       "ci_lo": iv.lo, "ci_hi": iv.hi, "sig": MARK if iv.excludes_zero else ""}
+                       "ci_lo": iv.lo, "ci_hi": iv.hi, "sig": MARK if iv.marked() else ""}
     return pd.DataFrame.from_dict(rows, orient="index").reindex(index=runs.index, columns=cols)
 
 
 def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per job, best CV RMSE first (failed and unfinished jobs last); ``swept``: the overrides that vary;
-    ``diff_vs_ref`` with its interval (``ci_lo``, ``ci_hi``; ``sig``: it excludes 0) against job ``ref``."""
+    ``diff_vs_ref`` with its interval (``ci_lo``, ``ci_hi``; ``sig``: ``Interval.marked``) against job ``ref``."""
     vs = _vs_reference(runs) if {"path", "seed"} <= set(runs) else pd.DataFrame(index=runs.index)
     runs = runs.join(vs).reindex(columns=["run", "overrides", "config", "status", *SCORES, *vs, "error"])
     tokens = [set(o.split()) for o in runs["overrides"]]
@@ -243,7 +309,7 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame | None:
     ref = reference_config(ok)
     samples = _row_samples(ok, ref)
     groups = {c: g for c, g in ok.groupby("config")}
-    diffs = {ref: {"diff": 0.0, "pairing": "reference"}}
+    diffs = {ref: {"diff": 0.0, "sig": "", "pairing": "reference"}}
     for config, group in groups.items():
         if config == ref:
             continue
@@ -253,7 +319,7 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame | None:
                            - np.mean([samples[i] for i in groups[ref].index], axis=0))
         d = stats.seed_diff(_seeds(groups[ref]), _seeds(group), row_samples=row_samples)
         diffs[config] = {"diff": d.diff, "diff_se": d.se, "ci_lo": d.lo, "ci_hi": d.hi,
-                         "sig": MARK if d.excludes_zero else "", "pairing": d.pairing,
+                         "sig": MARK if d.marked() else "", "pairing": d.pairing,
                          "noise": "seeds+rows" if samples is not None else "seeds"}
     cols = ["diff", "diff_se", "ci_lo", "ci_hi", "sig", "pairing", "noise"]
     table = table.join(pd.DataFrame.from_dict(diffs, orient="index").reindex(columns=cols))
@@ -263,9 +329,20 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame | None:
 
 def _markdown(df: pd.DataFrame) -> str:
     """4 decimals for scores, 1 for seconds, blanks for missing values, one line per row."""
-    fmt = [".1f" if c.endswith("_s") else "g" if c == "n_seeds" else ".4f" for c in df.columns]
-    df = df.astype(object).where(df.notna(), "").replace(r"\s*\n\s*", " ", regex=True)
-    return df.to_markdown(index=False, floatfmt=fmt) + "\n"
+    fmt = {c: ".1f" if c.endswith("_s") else "g" if c == "n_seeds" else ".4f" for c in df.columns}
+    align = ["right" if pd.api.types.is_numeric_dtype(df[c]) else "left" for c in df.columns]
+    return format_table(df, fmt).to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
+
+
+def best_trial(root, jobs: pd.DataFrame) -> str | None:
+    """``best trial: <folder> (CV RMSE x, params ...)``: the finished job with the lowest CV RMSE and its swept
+    overrides (an Optuna trial's sampled parameters); None before a job has finished."""
+    ok = jobs[jobs["status"] == "ok"].dropna(subset=["cv_rmse"])
+    if ok.empty:
+        return None
+    best = ok.iloc[0]
+    return (f"best trial: {Path(root) / str(best['job'])} (CV RMSE {best['cv_rmse']:.4f}, "
+            f"params {best['swept'] or 'none swept'})")
 
 
 def write_sweep(root) -> pd.DataFrame:
@@ -279,6 +356,9 @@ def write_sweep(root) -> pd.DataFrame:
     seeds = seed_table(runs)
     md = f"# Sweep {root.name}: {len(jobs)} jobs, best CV RMSE first\n\n"
     md += _markdown(jobs.drop(columns=["overrides", "config", "error"]))
+    best = best_trial(root, jobs)
+    if best:
+        md += f"\n{best}\n"
     if "ref" in jobs and jobs["ref"].notna().any():
         md += f"\n`diff_vs_ref`: CV RMSE minus that of job `ref`. {INTERVAL_NOTE}"
     failed = jobs[jobs["status"] == "failed"]
@@ -290,7 +370,7 @@ def write_sweep(root) -> pd.DataFrame:
         md += ("\n## Over seeds (mean and sd of the CV RMSE per configuration)\n\n" + _markdown(seeds)
                + f"\n`diff`: mean CV RMSE minus that of `{ref}`; `diff_se` adds the seed noise (paired on the per-seed "
                f"differences when the seeds match) and the row noise (paired bootstrap over the OOF rows); `ci_lo`, "
-               f"`ci_hi`: the 95% t interval; {MARK}: it excludes 0.\n")
+               f"`ci_hi`: the 95% t interval; {MARK}: it excludes 0 and |diff| >= {stats.MIN_DIFF}.\n")
     with atomic_path(root / "sweep.md") as tmp:
         tmp.write_text(md)
     return jobs
@@ -306,7 +386,7 @@ def main(argv=None) -> None:
         print((args.folder / "sweep.md").read_text())
         return
     table = write_compare(args.folder)
-    print(format_compare(table).to_markdown(stralign="right"))
+    print(compare_markdown(table))
     print(f"Wrote {args.folder / 'table.md'} and table.csv")
 
 
