@@ -287,3 +287,20 @@ def test_a_blend_worse_than_its_best_member_shows_a_negative_improvement():
     c = ensemble.blend(members, "mean")["metrics"]["cv"]
     assert c["rmse"] > c["best_member_rmse"] and c["improvement_vs_best_member"] < 0 < -c["improvement_hi"]
     assert ensemble.improvement_marked(c)
+
+
+def test_an_ensemble_folder_from_before_improvement_is_read_in_todays_terms(two_runs, tmp_path, capsys):
+    """Its metrics.json had ``gain`` (blend minus member): the notebook shows it as today's improvement (member minus
+    blend), the interval flipped, not a KeyError."""
+    _, a, b = two_runs
+    out = tmp_path / "out"
+    assert blend_cli(capsys, a, b, "--out", out)[0] == 0
+    now = report.ensemble_scores(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for record, key in [(metrics["cv"], "gain_vs_best_member"), *((m, "gain") for m in metrics["members"].values())]:
+        new = "improvement_vs_best_member" if key.endswith("member") else "improvement"
+        record[key], record["gain_excludes_zero"] = -record.pop(new), record.pop("improvement_excludes_zero")
+        record["gain_lo"], record["gain_hi"] = -record.pop("improvement_hi"), -record.pop("improvement_lo")
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    pd.testing.assert_series_equal(report.ensemble_scores(out), now)
+    assert report.ensemble_members(out)["improvement"].notna().all()

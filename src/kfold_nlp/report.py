@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from .ensemble import improvement_marked, members_table
 from .paths import NOTEBOOK
-from .runs import ROOT, find_ensembles, find_runs, is_ensemble  # noqa: F401  (report.* in the notebook and tests)
+from .runs import ROOT, ensemble_metrics, find_ensembles, find_runs, is_ensemble  # noqa: F401  (report.* in the notebook and tests)
 from .summary import MARK, collect, run_labels
 
 
@@ -30,7 +30,7 @@ def _member_label(m: dict, name: str, labels: dict | None) -> str:
 def ensemble_scores(folder, labels: dict | None = None) -> pd.Series:
     """What an ensemble folder's numbers mean, one line each (see ``kfold_nlp.ensemble``); ``labels``: path -> the
     name shown elsewhere in the notebook."""
-    m = json.loads((Path(folder) / "metrics.json").read_text())
+    m = ensemble_metrics(folder)
     c = m["cv"]
     return pd.Series({
         "method": m["method"],
@@ -49,7 +49,7 @@ def ensemble_members(folder, labels: dict | None = None) -> pd.DataFrame:
     """One row per member: weight (fitted on all rows), its CV RMSE, the blend's improvement over it with the
     interval (``*``: ``ensemble.improvement_marked``), and the weights fitted without each fold (how stable they
     are). ``labels``: path -> the name shown elsewhere in the notebook."""
-    m = json.loads((Path(folder) / "metrics.json").read_text())
+    m = ensemble_metrics(folder)
     table = members_table(m)
     for k, fold in sorted(m["folds"].items(), key=lambda kv: int(kv[0])):
         table[f"weight w/o fold {k}"] = pd.Series(fold["weights"])

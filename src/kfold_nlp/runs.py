@@ -27,6 +27,19 @@ def is_ensemble(folder) -> bool:
     return isinstance(members, dict)
 
 
+def ensemble_metrics(folder) -> dict:
+    """An ensemble folder's ``metrics.json``; one written before ``improvement`` (it had ``gain``: blend minus
+    member, positive when the blend was worse) is read in today's terms (member minus blend, its interval flipped)."""
+    m = json.loads((Path(folder) / "metrics.json").read_text())
+    for record, key in [(m.get("cv", {}), "vs_best_member"), *((r, "") for r in m.get("members", {}).values())]:
+        old = f"gain_{key}" if key else "gain"
+        if old in record and f"improvement{'_' + key if key else ''}" not in record:
+            record[f"improvement{'_' + key if key else ''}"] = -record.pop(old)
+            record["improvement_lo"], record["improvement_hi"] = -record.pop("gain_hi"), -record.pop("gain_lo")
+            record["improvement_excludes_zero"] = record.pop("gain_excludes_zero")
+    return m
+
+
 def _resolve(p, root) -> Path:
     p = Path(p)
     return p if p.is_absolute() else Path(root) / p
