@@ -316,7 +316,8 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
                   "train_time_s": round(res.train_time, 2), "eval_time_s": round(res.eval_time, 2),
                   "keep_best_time_s": round(res.keep_time, 2), "snapshot_time_s": round(res.snapshot_time, 2),
                   "threads": torch.get_num_threads(), **memory_mb()}
-        tracker_run.update_summary({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse, "best/step": res.best_step})
+        tracker_run.update_summary({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse,
+                                    "best/step": res.best_step})
         if data.test is not None:
             rows = EncodedRows(data.test_enc, np.arange(len(data.test)))
             loader = accelerator.prepare(make_loader(rows, data.tokenizer, cfg.trainer.eval_batch_size, False,
