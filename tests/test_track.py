@@ -64,7 +64,7 @@ def test_csv_tracker_writes_metrics_summary_and_tables_and_continues_a_run_by_it
     folder = tmp_path / "csv" / "exp-fold0"
     assert json.loads((folder / "run.json").read_text())["state"] == "running"  # until finished: a killed run says so
     run.finish()
-    again = CsvTracker(tags=["t"]).start(run_dir=tmp_path, **START, run_id=run.id)  # continued from a snapshot: appended
+    again = CsvTracker(tags=["t"]).start(run_dir=tmp_path, **START, run_id=run.id)  # from a snapshot: appended
     again.log({"val/mse": 0.4}, step=3)
     again.update_summary({"best/val_mse": 0.4, "best/step": 3})
     again.finish(failed=True)
