@@ -16,9 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def tiny_overrides(data_dir: Path, run_dir: Path, n_train: int = 48, logger: str = "disabled") -> list[str]:
+def tiny_overrides(data_dir: Path, run_dir: Path, n_train: int = 48, logger: str = "none") -> list[str]:
     """A whole CV run in a few seconds: tiny model, 3 folds, 1 epoch, a 48-row generated set; the baseline
-    regularizer (the model's own dropout), so that resumes and DDP ranks have random masks to get right."""
+    regularizer (the model's own dropout), so that resumes and DDP ranks have random masks to get right.
+    ``logger``: a conf/logger choice (``wandb``: offline)."""
     return [
         "model=tiny",
         "regularizer=baseline",
@@ -30,7 +31,8 @@ def tiny_overrides(data_dir: Path, run_dir: Path, n_train: int = 48, logger: str
         "trainer.epochs=1",
         "trainer.batch_size=8",
         "trainer.eval_every=2",
-        f"logger.mode={logger}",
+        f"logger={logger}",
+        *(["logger.mode=offline"] if logger == "wandb" else []),
         f"hydra.run.dir={run_dir}",
     ]
 
@@ -84,6 +86,16 @@ def wandb_runs(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture
+def memory_runs():
+    """The runs ``logger=memory`` records in this process, empty at the start of the test."""
+    from kfold_nlp.track import memory
+
+    memory.RUNS.clear()
+    yield memory.RUNS
+    memory.RUNS.clear()
+
+
+@pytest.fixture
 def fresh_accelerator_state():
     """accelerate keeps its state process-wide; a test that builds accelerators gets its own."""
     from accelerate.state import AcceleratorState, GradientState
@@ -100,7 +112,7 @@ def tiny_run(tmp_path_factory) -> Path:
     """One complete CV run of the real CLI with offline W&B; read-only for the tests that share it."""
     base = tmp_path_factory.mktemp("tiny_run")
     run_dir = base / "run"
-    run_cli(*tiny_overrides(base / "data", run_dir, logger="offline"))
+    run_cli(*tiny_overrides(base / "data", run_dir, logger="wandb"))
     return run_dir
 
 

@@ -139,8 +139,9 @@ def test_ctrl_c_or_sigterm_ends_with_one_line_naming_the_folder_and_the_resume_c
 def test_online_wandb_without_a_key_is_refused_at_the_start(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path)}  # no netrc
-    proc = subprocess.run([sys.executable, "-m", "kfold_nlp", *tiny_overrides(tiny_run.parent / "data", run_dir),
-                           "logger.mode=online"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    overrides = [*tiny_overrides(tiny_run.parent / "data", run_dir, logger="wandb"), "logger.mode=online"]
+    proc = subprocess.run([sys.executable, "-m", "kfold_nlp", *overrides], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: logger.mode=online: no W&B API key for api.wandb.ai (set WANDB_API_KEY "
                                    "or run `wandb login`); or use logger.mode=offline and `wandb sync` later")

@@ -24,7 +24,7 @@ def test_torchrun_two_processes_train_each_fold_once(tmp_path):
     run_dir = tmp_path / "run"
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "kfold_nlp",
-           *tiny_overrides(tmp_path / "data", run_dir, logger="offline")]
+           *tiny_overrides(tmp_path / "data", run_dir, logger="wandb")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = read_metrics(run_dir)

@@ -1,5 +1,5 @@
 """kfold_nlp.ensemble on hand-made run folders (no training): refusals, weights, the nested score, the submission,
-the output folder and its W&B run, and the notebook's ensemble section."""
+the output folder and its tracker run, and the notebook's ensemble section."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli, wandb_runs
+from conftest import run_cli
 from fake_runs import rows, write_run
 from kfold_nlp import ensemble, report, stats
 
@@ -155,11 +155,10 @@ def test_blended_submission_is_the_weighted_mean_of_the_member_submissions(tmp_p
     assert np.allclose(sub["score"], expected) and len(set(np.round(list(weights.values()), 6))) > 1
 
 
-@pytest.mark.slow
-def test_ensemble_folder_records_scores_and_an_offline_wandb_run(two_runs, tmp_path, capsys, monkeypatch):
+def test_ensemble_folder_records_scores_and_a_tracker_run(two_runs, tmp_path, capsys, monkeypatch, memory_runs):
     _, a, b = two_runs
     monkeypatch.chdir(tmp_path)
-    code, stdout, _ = blend_cli(capsys, "a", "b", "--method", "greedy", "--wandb-mode", "offline")
+    code, stdout, _ = blend_cli(capsys, "a", "b", "--method", "greedy", "--logger", "memory")
     assert code == 0
     (out,) = list((tmp_path / "outputs" / "ensemble").iterdir())
     assert f"Ensemble folder: {out.relative_to(tmp_path)}" in stdout
@@ -171,9 +170,11 @@ def test_ensemble_folder_records_scores_and_an_offline_wandb_run(two_runs, tmp_p
         run_rmse = json.loads((run / "metrics.json").read_text())["cv"]["rmse"]
         assert m["members"][name]["cv_rmse"] == pytest.approx(run_rmse) and m["members"][name]["folder"] == run.name
     assert m["members"]["baseline"]["weight"] == json.loads((out / "weights.json").read_text())["baseline"]
-    (run,) = wandb_runs(out)
-    assert run["group"] == "ensemble" and run["state"] == "finished" and run["job_type"] == "greedy"
-    assert run["summary"]["cv/rmse"] == pytest.approx(m["cv"]["rmse"])
+    (run,) = memory_runs
+    assert (run.group, run.state, run.job_type, run.tags) == ("ensemble", "finished", "greedy", ["ensemble"])
+    assert run.summary["cv/rmse"] == pytest.approx(m["cv"]["rmse"])
+    assert run.config["weights"] == json.loads((out / "weights.json").read_text())
+    assert run.tables["members"]["run"].tolist() == ["baseline", "rdrop"]
     assert ensemble.default_out(tmp_path / "outputs" / "ensemble") != out  # a second run gets its own folder
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # every test here runs another process (see tests
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_parallel_fold_jobs_give_the_sequential_result(launcher, tiny_run, tmp_path):
     run_dir = tmp_path / "run"
-    run_cli(*tiny_overrides(tiny_run.parent / "data", run_dir, logger="offline"), f"launcher={launcher}")
+    run_cli(*tiny_overrides(tiny_run.parent / "data", run_dir, logger="wandb"), f"launcher={launcher}")
     oof, reference = pd.read_csv(run_dir / "oof.csv"), pd.read_csv(tiny_run / "oof.csv")
     assert oof["id"].tolist() == reference["id"].tolist()
     np.testing.assert_allclose(oof["pred"], reference["pred"], atol=1e-5)

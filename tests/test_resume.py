@@ -201,7 +201,7 @@ def test_resuming_after_a_failed_fold_replaces_its_wandb_run(tiny_run, tmp_path)
     from conftest import wandb_runs
 
     data, run_dir = tiny_run.parent / "data", tmp_path / "run"
-    overrides = tiny_overrides(data, run_dir, logger="offline")
+    overrides = tiny_overrides(data, run_dir, logger="wandb")
     proc = start_until(overrides, b"fold 1:")
     proc.kill()
     proc.wait()
@@ -217,9 +217,9 @@ def test_a_fold_continued_from_its_snapshot_continues_its_wandb_run(tiny_run, tm
     from conftest import wandb_runs
 
     data, run_dir = tiny_run.parent / "data", tmp_path / "run"
-    overrides = [*tiny_overrides(data, run_dir, logger="offline"), "trainer.snapshot_every=1"]
+    overrides = [*tiny_overrides(data, run_dir, logger="wandb"), "trainer.snapshot_every=1"]
     kill_at(overrides, lambda: (run_dir / "fold_1" / "snapshot" / "state.json").exists())
-    recorded = json.loads((run_dir / "fold_1" / "snapshot" / "state.json").read_text())["wandb_id"]
+    recorded = json.loads((run_dir / "fold_1" / "snapshot" / "state.json").read_text())["tracker_id"]
     run_cli(*[o for o in overrides if not o.startswith("hydra.run.dir=")], f"resume={run_dir}")
     (continued,) = [r for r in wandb_runs(run_dir) if r.get("name") == "baseline-fold1" and r["state"] == "finished"]
     # The same id, or (while wandb's service still holds it for the killed process) a new run that names it.

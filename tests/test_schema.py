@@ -12,6 +12,7 @@ from conftest import run_cli, tiny_overrides
 from kfold_nlp.paths import CONFIG_DIR
 from kfold_nlp.schema import OPTIMIZER, RULES, ConfigError, is_missing, regularizer_class, validate
 from kfold_nlp.tasks import task_class
+from kfold_nlp.track.base import tracker_class
 
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir()
                 if p.is_dir() and p.name not in ("hydra", "hpo") and not p.name.startswith("."))
@@ -51,6 +52,8 @@ def keys_without_rule(cfg, group: str) -> list[str]:
         return sorted(set(node) - {"_target_"} ^ set(regularizer_class(cfg).params))
     if group == "task":
         return sorted(set(node) - {"_target_"} ^ set(task_class(cfg).params))
+    if group == "logger":
+        return sorted(set(node) - {"_target_"} ^ set(tracker_class(cfg.logger).params))
     return [k for k in leaves(node, group) if k not in RULES]
 
 

@@ -19,7 +19,7 @@ from kfold_nlp.summary import collect, seed_table, sweep_table, write_compare, w
 RUN_FILES = ["metrics.json", "oof.csv", "folds.csv", "submission.csv", "fold_0/oof.csv", "fold_1/result.json"]
 
 
-def sweep(base: Path, *args: str, logger: str = "disabled", check: bool = True):
+def sweep(base: Path, *args: str, logger: str = "none", check: bool = True):
     """A tiny multirun (2 folds) into ``base/sweep``; returns (sweep folder, process)."""
     over = [o if not o.startswith("cv.n_splits") else "cv.n_splits=2"
             for o in tiny_overrides(base / "data", base / "unused", logger=logger)]
@@ -72,7 +72,7 @@ def two_job_sweep(tmp_path_factory) -> Path:
     test_notebook imports this fixture, which registers it a second time: the cache keeps it to one sweep a session.
     """
     if "dir" not in _SHARED:
-        _SHARED["dir"], _ = sweep(tmp_path_factory.mktemp("sweep"), "regularizer=baseline,msd", logger="offline")
+        _SHARED["dir"], _ = sweep(tmp_path_factory.mktemp("sweep"), "regularizer=baseline,msd", logger="wandb")
     return _SHARED["dir"]
 
 
@@ -101,7 +101,7 @@ def test_sweep_wandb_runs_are_grouped_per_job_and_never_shared(two_job_sweep):
 @pytest.mark.slow
 def test_failing_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
     sweep_dir, proc = sweep(tmp_path, "optimizer=sgd", "trainer.max_grad_norm=null", "optimizer.lr=1e12,1e-3",
-                            logger="offline", check=False)  # job 0 diverges during its first fold
+                            logger="wandb", check=False)  # job 0 diverges during its first fold
     assert proc.returncode != 0  # Hydra raises the failure after the batch
     rows = summary_rows(sweep_dir).set_index("job")  # written although on_multirun_end never ran
     assert rows.loc["0", "status"] == "failed" and "diverged" in rows.loc["0", "error"]
@@ -116,7 +116,7 @@ def test_failing_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
 def test_joblib_launcher_runs_jobs_in_parallel_workers_with_offline_wandb(tmp_path, two_job_sweep):
     # hydra issue 1320: W&B inside loky workers; offline mode writes real run files there.
     sweep_dir, _ = sweep(tmp_path, "regularizer=baseline,msd", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                         logger="offline")
+                         logger="wandb")
     rows = assert_complete_sweep(sweep_dir, 2).set_index("job")
     basic = summary_rows(two_job_sweep).set_index("job")
     expected = basic.loc[["0", "1"], "cv_rmse"].tolist()

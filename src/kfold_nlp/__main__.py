@@ -79,8 +79,9 @@ def main(cfg: DictConfig) -> float:
 
     if fold_job:
         pick_gpu(cfg)
-    from . import cv, launch, tracking  # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
+    from . import cv, launch  # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
     from .schema import ConfigError, validate
+    from .track.base import make
     from .trainer import Diverged
 
     try:
@@ -91,7 +92,7 @@ def main(cfg: DictConfig) -> float:
             offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
         note = resolve_run_precision(cfg)
         validate(cfg)
-        tracking.check_online(cfg.logger)
+        make(cfg.logger).check()  # e.g. W&B online without an API key: refused before the run folder fills
         if note is not None:  # the run's first line: what precision=auto chose and why, or bf16's warning
             (log.warning if note.startswith("warning") else log.info)(note)
         log.info(cv.describe(cfg, run_dir))

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
-from . import distill, fingerprint, hardware, snapshot, tracking
+from . import distill, fingerprint, hardware, snapshot
 from .data import DataError, load_data
 from .files import atomic_path, read_json, write_csv, write_json
 from .fingerprint import FREE_KEYS
@@ -34,6 +34,7 @@ from .folds import make_folds
 from .model import build_model, load_tokenizer, tokenize
 from .predict import bag
 from .tasks import check_columns
+from .track.base import WANDB_TARGET, group_name, make, target, tracked
 from .trainer import EncodedRows, make_accelerator, make_loader, predict, release_freed_memory, train_fold
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def adopt_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                                               f"or start a new run")
     own = {k: cfg.get(k) for k in FREE_KEYS} | ({"cv": {"folds": cfg.cv.folds}} if "cv.folds" in keys else {})
     adopted = OmegaConf.merge(saved, OmegaConf.create(own))
+    adopted.logger = cfg.logger  # replaced, not merged: another tracker's keys would not fit this one
     OmegaConf.set_struct(adopted, True)
     return adopted
 
@@ -267,16 +269,29 @@ def build_fold_model(cfg: DictConfig, fold: int, rank: int = 0):
     return task, model, regularizer
 
 
+def tracked_config(cfg: DictConfig) -> dict:
+    """What a tracker run records as its config: the resolved config and the hardware it ran on."""
+    return OmegaConf.to_container(cfg, resolve=True) | {"hardware": hardware.record(cfg.trainer.precision)}
+
+
+def saved_run_id(cfg: DictConfig, state: dict) -> str | None:
+    """The tracker run a snapshot recorded, if this start tracks with the same tracker (a snapshot from before
+    trackers were chosen by config recorded a W&B id)."""
+    if state.get("tracker", WANDB_TARGET) != target(cfg.logger):
+        return None
+    return state.get("tracker_id", state.get("wandb_id"))
+
+
 def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelerator, group: str) -> dict:
     """Train fold ``fold`` and write ``fold_<k>/``: model, OOF and test predictions, then ``result.json``."""
     fdir, targets, workers = fold_dir(run_dir, fold), data.targets, cfg.trainer.num_workers
     tr, va = np.flatnonzero(data.folds != fold), np.flatnonzero(data.folds == fold)
     release_freed_memory()  # the previous fold's memory, so that this fold's peak is its own
     reset_peak_memory()
-    saved = snapshot.load(fdir)  # a fold continuing from its snapshot continues its W&B run too
-    wandb_id = saved.state.get("wandb_id") if saved is not None else None
-    with tracking.wandb_run(cfg, run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
-                            run_id=wandb_id) as wb:
+    saved = snapshot.load(fdir)  # a fold continuing from its snapshot continues its tracker run too
+    run_id = saved_run_id(cfg, saved.state) if saved is not None else None
+    with tracked(make(cfg.logger), run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
+                 config=tracked_config(cfg), run_id=run_id) as tracker_run:
         task, model, regularizer = build_fold_model(cfg, fold, accelerator.process_index)
         train_rows = EncodedRows(data.enc, tr, targets, {c: data.train[c].to_numpy() for c in task.columns})
         if data.distill is not None:  # soft targets and pseudo-labels, from the teacher's fold-k model only
@@ -287,21 +302,22 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
                                  False, num_workers=workers)
 
         def log_eval(metrics: dict, step: int) -> None:
-            wb.log(metrics, step=step)
+            tracker_run.log(metrics, step=step)
             log.debug("fold %d step %d: %s", fold, step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
         res = train_fold(model, regularizer, train_loader, val_loader, targets[va], cfg, accelerator,
-                         log=log_eval, fold=fold, task=task, snapshot_dir=fdir, extra_state={"wandb_id": wb.id},
-                         saved=saved)
+                         log=log_eval, fold=fold, task=task, snapshot_dir=fdir,
+                         extra_state={"tracker": target(cfg.logger), "tracker_id": tracker_run.id}, saved=saved)
         if res.resumed_from is not None:
             log.info("fold %d: continued from its snapshot at step %d", fold, res.resumed_from)
-            wb.summary.update({"resumed_from_step": res.resumed_from})
+            tracker_run.update_summary({"resumed_from_step": res.resumed_from})
         model.load_state_dict(res.best_state)
         result = {"mse": res.best_mse, "rmse": res.best_rmse, "best_step": res.best_step, "steps": res.steps,
                   "train_time_s": round(res.train_time, 2), "eval_time_s": round(res.eval_time, 2),
                   "keep_best_time_s": round(res.keep_time, 2), "snapshot_time_s": round(res.snapshot_time, 2),
                   "threads": torch.get_num_threads(), **memory_mb()}
-        wb.summary.update({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse, "best/step": res.best_step})
+        tracker_run.update_summary({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse,
+                                    "best/step": res.best_step})
         if data.test is not None:
             rows = EncodedRows(data.test_enc, np.arange(len(data.test)))
             loader = accelerator.prepare(make_loader(rows, data.tokenizer, cfg.trainer.eval_batch_size, False,
@@ -384,12 +400,16 @@ def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]
 
 
 def finish(cfg: DictConfig, run_dir: Path, data: Prepared, group: str, extra: dict) -> dict:
-    """Collect the finished folds into the run's results, ``metrics.json`` and the W&B ``-cv`` run."""
+    """Collect the finished folds into the run's results, ``metrics.json`` and the tracker's ``-cv`` run."""
     metrics = collect(cfg, run_dir, data, expected_folds(cfg))
     metrics["cv"] |= extra
     metrics["hardware"] = hardware.record(cfg.trainer.precision)  # what every time in this file was measured on
     write_json(metrics, run_dir / "metrics.json")
-    tracking.log_cv(cfg, run_dir, group, metrics, run_dir / "oof.csv")
+    with tracked(make(cfg.logger), run_dir=run_dir, group=group, name=f"{group}-cv", job_type="cv",
+                 config=tracked_config(cfg)) as tracker_run:  # the CV score, the fold spread and the OOF table
+        cv = metrics["cv"]
+        tracker_run.update_summary({"cv/mse": cv["mse"], "cv/rmse": cv["rmse"], "cv/fold_rmse_sd": cv["fold_rmse_sd"]})
+        tracker_run.table("oof", pd.read_csv(run_dir / "oof.csv", dtype={"id": str}))
     return metrics
 
 
@@ -403,7 +423,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
     accelerator = make_accelerator(cfg.trainer)
     main = accelerator.is_main_process
     data = prepare(cfg, run_dir, main)
-    group = tracking.group_name(cfg, job or {})
+    group = group_name(cfg, job or {})
     for fold in expected_folds(cfg):
         if (fold_dir(run_dir, fold) / "result.json").exists():  # finished before an interruption: keep it
             log.info("fold %d: kept from the earlier start", fold)

@@ -1,6 +1,6 @@
 """Blend the OOF predictions of several runs on the same folds, score the blend honestly, write a submission.
 
-``python -m kfold_nlp.ensemble RUNS... [--method mean|nnls|greedy] [--out DIR] [--wandb-mode MODE]``
+``python -m kfold_nlp.ensemble RUNS... [--method mean|nnls|greedy] [--out DIR] [--logger NAME] [--wandb-mode MODE]``
 (``make ensemble RUNS="..."``). RUNS are run folders, sweep folders (every run below) or earlier ensemble folders
 (their members). Members must share ``folds.csv`` (same rows, same folds: the same data and ``cv.seed``) and their
 test ids, and have no blank prediction; ``--out`` must be new, empty or an earlier ensemble folder (never a run
@@ -33,7 +33,7 @@ from .summary import MARK, collect, format_table, run_labels
 
 METHODS = ("mean", "nnls", "greedy")
 GREEDY_STEPS = 100  # selections with replacement: weights are multiples of 1/steps at most
-GROUP = "ensemble"  # the W&B group of every ensemble run
+GROUP = "ensemble"  # the tracker group of every ensemble run
 
 
 class EnsembleError(ValueError):
@@ -273,32 +273,44 @@ def write(result: dict, out: Path) -> None:
     write_json(result["metrics"], out / "metrics.json")  # last: the folder is complete
 
 
-def log_wandb(result: dict, members: Members, out: Path, mode: str) -> None:
-    """One W&B run in group ``ensemble`` (project and entity of the first member's logger)."""
+def logger_config(name: str, wandb_mode: str, members: Members):
+    """``conf/logger/<name>.yaml``; for W&B the mode given and the first member's project and entity."""
     from omegaconf import OmegaConf
 
-    from .tracking import wandb_run  # torch (tracking -> hardware) only once there is a blend to log
+    from .paths import CONFIG_DIR
 
-    logger = {"project": "kfold-nlp", "entity": None}
+    path = Path(CONFIG_DIR) / "logger" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise EnsembleError(f"--logger {name}: no conf/logger/{name}.yaml (known: {', '.join(known)})")
+    logger = OmegaConf.load(path)
+    if "mode" in logger:
+        logger.mode = wandb_mode
     cfg_path = members.paths[0] / ".hydra" / "config.yaml"
     if cfg_path.exists():
-        logger |= {k: v for k, v in (OmegaConf.load(cfg_path).get("logger") or {}).items() if k in logger}
-    m = result["metrics"]
-    cfg = OmegaConf.create({"name": GROUP, "logger": {**logger, "mode": mode, "tags": [GROUP]}, "method": m["method"],
-                            "members": {n: str(p) for n, p in zip(members.names, members.paths)},
-                            "weights": result["weights"]})
-    with wandb_run(cfg, run_dir=out, group=GROUP, name=f"{GROUP}-{m['method']}-{out.name}", job_type=m["method"]) as wb:
-        wb.summary.update({"cv/rmse": m["cv"]["rmse"], "cv/rmse_in_sample": m["cv"]["rmse_in_sample"],
-                           "cv/best_member_rmse": m["cv"]["best_member_rmse"],
-                           "cv/improvement_vs_best_member": m["cv"]["improvement_vs_best_member"],
-                           "cv/improvement_lo": m["cv"]["improvement_lo"],
-                           "cv/improvement_hi": m["cv"]["improvement_hi"]})
-        if mode != "disabled":
-            import wandb
+        own = OmegaConf.load(cfg_path).get("logger") or {}
+        for key in ("project", "entity"):
+            if key in logger and key in own:
+                logger[key] = own[key]
+    return logger
 
-            table = pd.DataFrame([{"run": n, **{k: v for k, v in d.items() if k not in ("path", "folder")}}
-                                  for n, d in m["members"].items()])
-            wb.log({"members": wandb.Table(dataframe=table)})
+
+def log_run(result: dict, members: Members, out: Path, logger) -> None:
+    """One tracker run in group ``ensemble``: the blend's scores and its members table."""
+    from .track.base import make, tracked  # hydra only once there is a blend to log
+
+    m = result["metrics"]
+    config = {"name": GROUP, "method": m["method"], "weights": result["weights"],
+              "members": {n: str(p) for n, p in zip(members.names, members.paths)}}
+    with tracked(make(logger), run_dir=out, group=GROUP, name=f"{GROUP}-{m['method']}-{out.name}",
+                 job_type=m["method"], config=config, tags=(GROUP,)) as run:
+        run.update_summary({"cv/rmse": m["cv"]["rmse"], "cv/rmse_in_sample": m["cv"]["rmse_in_sample"],
+                            "cv/best_member_rmse": m["cv"]["best_member_rmse"],
+                            "cv/improvement_vs_best_member": m["cv"]["improvement_vs_best_member"],
+                            "cv/improvement_lo": m["cv"]["improvement_lo"],
+                            "cv/improvement_hi": m["cv"]["improvement_hi"]})
+        run.table("members", pd.DataFrame([{"run": n, **{k: v for k, v in d.items() if k not in ("path", "folder")}}
+                                           for n, d in m["members"].items()]))
 
 
 def improvement_marked(d: dict, key: str = "improvement_vs_best_member") -> bool:
@@ -331,6 +343,7 @@ def main(argv=None) -> None:
     parser.add_argument("--method", choices=METHODS, default="nnls")
     parser.add_argument("--steps", type=int, default=GREEDY_STEPS, help="greedy: number of selections")
     parser.add_argument("--out", type=Path, help="default: outputs/ensemble/<YYYY-mm-dd_HH-MM-SS>")
+    parser.add_argument("--logger", default="wandb", help="a conf/logger choice: wandb (default), csv, none")
     parser.add_argument("--wandb-mode", choices=["offline", "online", "disabled"],
                         default=os.environ.get("WANDB_MODE", "offline"))
     args = parser.parse_args(argv)
@@ -342,11 +355,12 @@ def main(argv=None) -> None:
             raise EnsembleError(str(err)) from None
         members = load_members(runs)
         result = blend(members, args.method, args.steps)
+        logger = logger_config(args.logger, args.wandb_mode, members)
     except EnsembleError as err:
         refuse(err)
     out = args.out or default_out()
     write(result, out)
-    log_wandb(result, members, out, args.wandb_mode)
+    log_run(result, members, out, logger)
     table = members_table(result["metrics"])
     signed = {c: "+.4f" for c in table.columns if c.startswith("improvement")}
     print(format_table(table.reset_index(), signed).to_markdown(index=False, stralign="right", disable_numparse=True))

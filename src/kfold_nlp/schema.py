@@ -7,7 +7,8 @@ allowed: ``trainer.epochs=-1: must be an integer >= 1``. Type checks live here r
 configs because a structured-config type error is a multi-line Hydra report, not one line.
 
 Groups whose keys depend on the choice declare their own rules next to their code: a regularizer or task class
-has a ``params`` dict of ``Rule`` (so a new one stays a class and a YAML), optimizers share ``OPTIMIZER``.
+has a ``params`` dict of ``Rule`` (so a new one stays a class and a YAML), and so has a tracker (``logger``);
+optimizers share ``OPTIMIZER``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .model import Pooler, load_tokenizer
 from .rules import PROBABILITY, Rule, check_params
 from .rules import show as _show
 from .tasks import task_class
+from .track.base import tracker_class
 
 # Keys of the fixed groups. Free-form mappings (model.config_overrides, scheduler.kwargs) are passed on as given.
 RULES: dict[str, Rule] = {
@@ -73,10 +75,6 @@ RULES: dict[str, Rule] = {
     "scheduler.name": Rule(str),  # checked against transformers' SchedulerType below
     "scheduler.warmup": Rule(float, ge=0),
     "scheduler.kwargs": Rule(dict, optional=True),
-    "logger.mode": Rule(str, choices=("offline", "online", "disabled")),
-    "logger.project": Rule(str),
-    "logger.entity": Rule(str, optional=True),
-    "logger.tags": Rule(list),
     "distill.teacher": Rule(str, optional=True),
     "distill.weight": Rule(float, ge=0, le=1),
     "distill.unlabeled": Rule(str, optional=True),
@@ -174,6 +172,7 @@ def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
     if betas is not None and (len(betas) != 2 or not all(PROBABILITY.ok(b) for b in betas)):
         raise ConfigError(f"optimizer.betas={_show(betas)}: must be two numbers >= 0 and < 1")
     check_params("regularizer", getattr(regularizer_class(cfg), "params", {}), cfg.regularizer)
+    check_params("logger", tracker_class(cfg.logger).params, cfg.logger)
     if cfg.get("task") is not None:
         check_params("task", task_class(cfg).params, cfg.task)
     _check_distill(cfg)
