@@ -80,11 +80,6 @@ class Rule:
             raise ConfigError(f"{key}={show(value)}: must be {self.allowed()}")
 
 
-def check(key: str, value, *args, **kwargs) -> None:
-    """``check("regularizer.alpha", alpha, float, ge=0)``: raise ConfigError unless ``value`` obeys the rule."""
-    Rule(*args, **kwargs).check(key, value)
-
-
 PROBABILITY = Rule(float, ge=0, lt=1)
 HYDRA_KEYS = ("_target_", "_partial_")
 
