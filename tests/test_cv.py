@@ -171,6 +171,21 @@ def test_memory_per_fold_is_recorded_and_does_not_grow(tiny_run):
     assert rss[2] - rss[0] < 100 and peaks[2] - peaks[0] < 100, (rss, peaks)
 
 
+def test_the_peak_memory_is_reset_and_then_holds_a_new_allocation():
+    """64 MiB of fresh pages (an anonymous mmap: not memory the allocator kept) add to the RSS and to the peak."""
+    import mmap
+
+    cv.reset_peak_memory()
+    before = cv.memory_mb()
+    assert 0 < before["rss_mb"] <= before["peak_rss_mb"] < before["rss_mb"] + 16  # the peak starts from now
+    pages = mmap.mmap(-1, 64 * 2**20)
+    for i in range(0, len(pages), mmap.PAGESIZE):
+        pages[i] = 1
+    after = cv.memory_mb()
+    pages.close()
+    assert after["rss_mb"] >= before["rss_mb"] + 60 and after["peak_rss_mb"] >= after["rss_mb"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["oof.csv", "test_pred.csv"])
 def test_a_blank_fold_prediction_is_refused_naming_file_and_row(name, tiny_run, tmp_path):

@@ -112,6 +112,12 @@ BAD = {  # override -> the text the one line must carry
     "regularizer=mixout regularizer.p=-0.5": "regularizer.p=-0.5",
     "regularizer=mixup regularizer.alpha=1000": "regularizer.alpha=1000: must be 0 or a number >= 0.01 and <= 100",
     "optimizer=sgd optimizer.momentum=1.5": "optimizer.momentum=1.5",
+    # an optimizer's keys are its class's arguments, a schedule's kwargs its function's
+    "+optimizer.momentum=0.9": "optimizer.momentum: not a key of this optimizer (known: amsgrad, betas, capturable,",
+    "+optimizer.maximize=3": "optimizer.maximize=3: must be true or false",
+    "optimizer._target_=torch.optim.Nope": "optimizer._target_=torch.optim.Nope: not an optimizer class (",
+    "scheduler=cosine +scheduler.kwargs.cycles=2": "scheduler.kwargs.cycles: not a key of this scheduler (known: "
+                                                   "last_epoch, num_cycles)",
 }
 
 
@@ -121,6 +127,19 @@ def test_a_bad_value_is_one_line_naming_key_value_and_range(overrides):
         validate(config(*overrides.split()), check_files=False)
     message = str(info.value)
     assert "\n" not in message and message.startswith(BAD[overrides]), message
+
+
+def test_a_new_optimizer_is_a_yaml_only():
+    """torch.optim.Adamax is in no table: its keys come from its signature, and build_optimizer makes it."""
+    import torch
+
+    from kfold_nlp.model import build_model
+    from kfold_nlp.optim import build_optimizer
+
+    cfg = config("optimizer._target_=torch.optim.Adamax", "~optimizer.fused", "+optimizer.maximize=false")
+    validate(cfg, check_files=False)
+    optimizer = build_optimizer(cfg.optimizer, build_model(cfg.model))
+    assert type(optimizer) is torch.optim.Adamax and optimizer.defaults["maximize"] is False
 
 
 def test_precision_fp16_needs_cuda():

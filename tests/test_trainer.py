@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from kfold_nlp import snapshot
 from kfold_nlp.model import build_model, load_tokenizer, tokenize
 from kfold_nlp.optim import build_optimizer, weight_penalty
 from kfold_nlp.paths import CONFIG_DIR
@@ -171,6 +172,54 @@ def test_the_fold_evaluates_at_the_scheduled_steps_and_times_it(overrides, steps
     _, result, logged = fit(12, 2, 1, *overrides)
     assert [step for step, _ in logged] == steps == [h["step"] for h in result.history]
     assert 0 < result.eval_time < result.train_time and 0 < result.keep_time < result.train_time
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL right after a snapshot was written."""
+
+
+def fit_with_snapshots(tmp_path, kill_after: int | None = None):
+    """Dropout on, 2 micro-batches a step, 3 steps an epoch, 2 epochs; with ``kill_after`` the fold stops right
+    after the snapshot of that step and is then continued from it by a second ``train_fold`` on a fresh model."""
+    cfg = config("trainer.batch_size=2", "trainer.grad_accum=2", "trainer.epochs=2", "trainer.eval_every=2",
+                 "trainer.snapshot_every=1", "model.head_dropout=0.3", "model.backbone_dropout=0.2")
+    tokenizer = load_tokenizer(cfg.model)
+    rows = EncodedRows(tokenize(tokenizer, TEXTS, 64), np.arange(12), TARGETS)
+
+    def attempt():
+        torch.manual_seed(0)
+        model = build_model(cfg.model)
+        result = train_fold(model, Regularizer(), make_loader(rows, tokenizer, 2, train=True, seed=0),
+                            make_loader(rows, tokenizer, 16, train=False), TARGETS, cfg,
+                            make_accelerator(cfg.trainer), snapshot_dir=tmp_path)
+        return result, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    if kill_after is not None:
+        save = snapshot.save
+
+        def save_then_kill(*args, **kwargs):
+            save(*args, **kwargs)
+            if kwargs["state"]["step"] == kill_after:
+                raise Killed
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(snapshot, "save", save_then_kill)
+            with pytest.raises(Killed):
+                attempt()
+        torch.manual_seed(123)  # the resumed fold must not depend on the stream it starts with
+    return attempt()
+
+
+@pytest.mark.parametrize("kill_after", [1, 2, 3, 4])
+def test_a_fold_continued_from_a_mid_epoch_snapshot_ends_like_an_uninterrupted_one(kill_after, tmp_path):
+    """Steps 1, 2 and 4 are mid-epoch (the skipped batches and the random streams must match), 3 ends epoch 0."""
+    reference, ref_params = fit_with_snapshots(tmp_path / "reference")
+    result, params = fit_with_snapshots(tmp_path / "killed", kill_after)
+    assert result.resumed_from == kill_after and reference.resumed_from is None
+    assert result.history == reference.history and result.steps == reference.steps == 6
+    np.testing.assert_array_equal(result.val_pred, reference.val_pred)
+    for name, value in ref_params.items():
+        torch.testing.assert_close(params[name], value, atol=0, rtol=0)
 
 
 @pytest.mark.slow

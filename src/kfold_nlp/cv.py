@@ -234,7 +234,7 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
 
 
 def reset_peak_memory() -> None:
-    """Start a new resident-memory high-water mark (Linux), so that each fold reports its own peak."""
+    """Start a new resident-memory high-water mark (Linux ``VmHWM``), so that each fold reports its own peak."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -242,15 +242,23 @@ def reset_peak_memory() -> None:
 
 
 def memory_mb() -> dict:
-    """This process's resident memory now and its peak since ``reset_peak_memory`` (MiB; Linux ``VmRSS`` and
-    ``VmHWM``, else the peak since the start): a fold that leaks makes the next one's grow."""
-    import resource
+    """This process's resident memory now and its peak since ``reset_peak_memory`` (MiB): a fold that leaks makes
+    the next one's grow.
 
+    The peak is read from Linux's ``/proc/self/status`` (``VmHWM``): psutil has no high-water mark, let alone a
+    resettable one. Elsewhere it is the peak since the process started.
+    """
+    import resource
+    import sys
+
+    import psutil
+
+    now = psutil.Process().memory_info().rss / 2**20  # before the peak, which then holds it
     try:
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-        now, peak = (int(status[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
-    except (OSError, KeyError, ValueError):
-        now, peak = float("nan"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        status = Path("/proc/self/status").read_text()
+        peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
     return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
 
 

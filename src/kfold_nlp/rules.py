@@ -80,21 +80,19 @@ class Rule:
             raise ConfigError(f"{key}={show(value)}: must be {self.allowed()}")
 
 
-def check(key: str, value, *args, **kwargs) -> None:
-    """``check("regularizer.alpha", alpha, float, ge=0)``: raise ConfigError unless ``value`` obeys the rule."""
-    Rule(*args, **kwargs).check(key, value)
-
-
 PROBABILITY = Rule(float, ge=0, lt=1)
 HYDRA_KEYS = ("_target_", "_partial_")
 
 
-def check_params(group: str, rules: dict[str, Rule], values) -> None:
-    """Check each key of a group whose keys depend on its choice (a regularizer's, an optimizer's)."""
+def check_params(group: str, rules: dict[str, Rule | None], values, what: str | None = None) -> None:
+    """Check each key of a group whose keys depend on its choice (a regularizer's, an optimizer's); a key whose
+    rule is None is allowed with any value (what it is given to checks it). ``what``: the group's noun in the
+    message, when not ``group``."""
     for key in values:
         if key in HYDRA_KEYS:
             continue
         if key not in rules:
-            raise ConfigError(f"{group}.{key}: not a key of this {group} (known: {', '.join(sorted(rules))})")
-        rules[key].check(f"{group}.{key}", values[key])
+            raise ConfigError(f"{group}.{key}: not a key of this {what or group} (known: {', '.join(sorted(rules))})")
+        if rules[key] is not None:
+            rules[key].check(f"{group}.{key}", values[key])
 

@@ -7,12 +7,14 @@ allowed: ``trainer.epochs=-1: must be an integer >= 1``. Type checks live here r
 configs because a structured-config type error is a multi-line Hydra report, not one line.
 
 Groups whose keys depend on the choice declare their own rules next to their code: a regularizer or task class
-has a ``params`` dict of ``Rule`` (so a new one stays a class and a YAML), and so has a tracker (``logger``);
-optimizers share ``OPTIMIZER``.
+has a ``params`` dict of ``Rule`` (so a new one stays a class and a YAML), and so has a tracker (``logger``). An
+optimizer's keys are its class's keyword arguments and a scheduler's ``kwargs`` its schedule function's
+(``inspect.signature``), so a new one is a YAML only; ``OPTIMIZER`` gives the ranges of the usual ones.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -80,7 +82,8 @@ RULES: dict[str, Rule] = {
     "distill.unlabeled": Rule(str, optional=True),
 }
 
-# Every optimizer YAML's keys besides _target_/_partial_ (torch.optim's own checks back these up).
+# The ranges of the optimizer keys that have one (torch.optim's own checks back these up); which keys an optimizer
+# takes is its class's signature (``optimizer_rules``). head_lr and llrd are build_optimizer's, for every optimizer.
 OPTIMIZER: dict[str, Rule] = {
     "lr": Rule(float, gt=0),
     "head_lr": Rule(float, gt=0, optional=True),
@@ -100,6 +103,39 @@ OPTIMIZER: dict[str, Rule] = {
     "foreach": Rule(bool, optional=True),
     "fused": Rule(bool, optional=True),
 }
+OWN_OPTIMIZER_KEYS = ("head_lr", "llrd")
+SET_BY_BUILD = ("params", "optimizer", "num_warmup_steps", "num_training_steps")  # optim.py passes these itself
+
+
+def keyword_rules(fn, known: dict[str, Rule]) -> dict[str, Rule | None] | None:
+    """The keyword arguments of ``fn`` (a class: its constructor's) a config may give, each with its rule: from
+    ``known``, else true/false or a number after its default, else None (the callee checks the value); None for
+    all of them when ``fn`` takes ``**kwargs``."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    inferred = {bool: Rule(bool), float: Rule(float)}
+    return {p.name: known.get(p.name, inferred.get(type(p.default))) for p in params
+            if p.name not in SET_BY_BUILD and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def optimizer_rules(opt_cfg) -> dict[str, Rule | None]:
+    """The keys of the optimizer YAML's ``_target_`` class, with build_optimizer's own."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(opt_cfg._target_)
+    except Exception as err:  # noqa: BLE001  (an import error, a missing attribute, not a class)
+        raise ConfigError(f"optimizer._target_={opt_cfg._target_}: not an optimizer class "
+                          f"({' '.join(str(err).split())[:160]})") from None
+    return (keyword_rules(cls, OPTIMIZER) or {}) | {k: OPTIMIZER[k] for k in OWN_OPTIMIZER_KEYS}
+
+
+def scheduler_rules(name: str) -> dict[str, Rule | None] | None:
+    """The ``scheduler.kwargs`` keys of transformers' schedule ``name`` (None: it takes any)."""
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    return keyword_rules(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)], {})
 
 
 def _select(cfg, key: str):
@@ -167,7 +203,10 @@ def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
     if cfg.scheduler.name not in names:
         raise ConfigError(f"scheduler.name={cfg.scheduler.name}: must be one of {', '.join(names)}")
 
-    check_params("optimizer", OPTIMIZER, cfg.optimizer)
+    check_params("optimizer", optimizer_rules(cfg.optimizer), cfg.optimizer)
+    kwargs_rules = scheduler_rules(cfg.scheduler.name)
+    if kwargs_rules is not None and cfg.scheduler.get("kwargs"):
+        check_params("scheduler.kwargs", kwargs_rules, cfg.scheduler.kwargs, what="scheduler")
     betas = cfg.optimizer.get("betas")
     if betas is not None and (len(betas) != 2 or not all(PROBABILITY.ok(b) for b in betas)):
         raise ConfigError(f"optimizer.betas={_show(betas)}: must be two numbers >= 0 and < 1")

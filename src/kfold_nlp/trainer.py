@@ -7,7 +7,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -227,6 +227,112 @@ def optimizer_step(model, regularizer, group: list[dict], optimizer, accelerator
     return means
 
 
+@dataclass
+class LoopState:
+    """Where a fold's training stands: what a snapshot's ``state.json`` keeps under these names."""
+
+    step: int = 0  # optimizer steps so far
+    epoch: int = 0
+    batch: int = 0  # this process's micro-batches of ``epoch`` already trained
+    bad_evals: int = 0  # evaluations since the best one (early stopping)
+    stop: bool = False
+    running: list = field(default_factory=list)  # each step's losses since the last evaluation
+
+    @classmethod
+    def of(cls, saved: dict) -> LoopState:
+        return cls(**{f.name: saved[f.name] for f in fields(cls)})
+
+
+@dataclass
+class FoldTraining:
+    """What one fold's evaluations, snapshots and resumed epochs share; ``train_fold`` holds the loop itself."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    accelerator: Accelerator
+    val_loader: DataLoader
+    val_target: np.ndarray
+    cfg: object  # the whole config (``trainer`` and ``seed`` are read)
+    fold: int
+    log: object
+    snapshot_dir: object
+    extra_state: dict
+    result: FoldResult = field(default_factory=FoldResult)
+    state: LoopState = field(default_factory=LoopState)
+
+    def evaluate(self, bar) -> bool:
+        """Validate after the current step, log the mean training losses since the last evaluation and keep the
+        best state; True when early stopping says stop."""
+        state, result, tcfg = self.state, self.result, self.cfg.trainer
+        train = {k: float(np.mean([r[k] for r in state.running])) for k in state.running[0]}
+        state.running = []
+        began = time.perf_counter()
+        pred = predict(self.model, self.val_loader, self.accelerator)
+        result.eval_time += time.perf_counter() - began
+        mse = float(np.mean((pred - self.val_target) ** 2))
+        if not math.isfinite(mse):
+            raise Diverged(self.fold, state.step, "validation MSE", mse, tcfg.precision)
+        self.model.train()
+        self.log({**{f"train/{k}": v for k, v in train.items()}, "val/mse": mse, "val/rmse": math.sqrt(mse),
+                  "train/lr": self.scheduler.get_last_lr()[0]}, state.step)
+        result.history.append({"step": state.step, "val_mse": mse})
+        if mse < result.best_mse:
+            result.best_mse, result.best_step, result.val_pred, state.bad_evals = mse, state.step, pred, 0
+            began = time.perf_counter()
+            result.best_state = {k: v.detach().to("cpu", copy=True)
+                                 for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
+            result.keep_time += time.perf_counter() - began
+        else:
+            state.bad_evals += 1
+        bar.set_postfix(loss=f"{train['loss']:.4f}", val_rmse=f"{math.sqrt(mse):.4f}", best=f"{result.best_rmse:.4f}")
+        return tcfg.patience is not None and state.bad_evals >= tcfg.patience
+
+    def save_snapshot(self, epoch_start: torch.Tensor | None) -> None:
+        began, result = time.perf_counter(), self.result
+        if self.accelerator.is_main_process:
+            snapshot.save(self.snapshot_dir, model_state=self.accelerator.unwrap_model(self.model).state_dict(),
+                          optimizer=self.optimizer, scheduler=self.scheduler, best_state=result.best_state,
+                          best_pred=result.val_pred, sampler_state=epoch_start,
+                          state=asdict(self.state) | self.extra_state | {
+                              "best_mse": result.best_mse, "best_step": result.best_step, "history": result.history})
+        self.accelerator.wait_for_everyone()
+        result.snapshot_time += time.perf_counter() - began
+
+    def restore(self, saved: snapshot.Snapshot) -> None:
+        """Continue where the snapshot left off (the random streams: ``epoch_batches``)."""
+        self.accelerator.unwrap_model(self.model).load_state_dict(saved.model)
+        self.optimizer.load_state_dict(saved.optimizer)
+        self.scheduler.load_state_dict(saved.scheduler)
+        self.state = LoopState.of(saved.state)
+        result = self.result
+        result.best_mse, result.best_step = saved.state["best_mse"], saved.state["best_step"]
+        result.history, result.best_state, result.val_pred = saved.state["history"], saved.best_state, saved.best_pred
+        result.resumed_from = self.state.step
+
+    def epoch_batches(self, loader, generator, epoch: int, skip: int, saved: snapshot.Snapshot | None):
+        """The epoch's batches after its first ``skip`` (those trained before the snapshot ``saved``), and the state
+        of the sampler's generator at the epoch's start (it fixes the epoch's order; snapshots keep it).
+
+        The skipped batches are neither loaded nor collated (``skip_first_batches`` drops their indices), but the
+        epoch's iterator is started before the random streams are restored: starting it draws the DataLoader's
+        base seed from torch's stream, which the uninterrupted run did before the snapshot too.
+        """
+        if skip and generator is not None:
+            generator.set_state(saved.rng["tensors"]["sampler"])
+        epoch_start = generator.get_state().clone() if generator is not None else None
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        if not skip:
+            return iter(loader), epoch_start
+        batches = iter(self.accelerator.skip_first_batches(loader, skip))
+        first = next(batches, None)  # None: the snapshot was the epoch's last step
+        snapshot.set_rng_state(saved.rng["tensors"], saved.rng["plain"])
+        if rank := self.accelerator.process_index:  # ranks other than 0 need their own streams (dropout masks differ)
+            torch.manual_seed(self.cfg.seed + 1000 * self.fold + 7919 * rank + self.state.step)
+        return itertools.chain([] if first is None else [first], batches), epoch_start
+
+
 def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, accelerator,
                log=lambda metrics, step: None, fold=0, task: Task | None = None, snapshot_dir=None,
                extra_state: dict | None = None, saved: snapshot.Snapshot | None = None):
@@ -240,7 +346,7 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
 
     Raises ``Diverged`` at the first non-finite training loss or validation MSE.
     """
-    tcfg = cfg.trainer
+    tcfg, task = cfg.trainer, task or Task()
     optimizer = build_optimizer(cfg.optimizer, model)
     penalty = weight_penalty(model, tcfg.get("penalty"), tcfg.get("penalty_weight", 0.0))
     generator = getattr(train_loader.sampler, "generator", None)  # the sampler's: its state fixes an epoch's order
@@ -248,102 +354,43 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
     steps_per_epoch = math.ceil(len(train_loader) / tcfg.grad_accum)
     at = eval_points(steps_per_epoch, tcfg.eval_every, tcfg.evals_per_epoch)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch * tcfg.epochs)
-    result, start = FoldResult(), time.perf_counter()
-    val_target = np.asarray(val_target, dtype=float)
-    loop = {"step": 0, "epoch": 0, "batch": 0, "bad_evals": 0, "stop": False, "running": []}
-
-    def evaluate(step: int, train: dict[str, float]) -> bool:
-        """Returns True when early stopping says stop."""
-        began = time.perf_counter()
-        pred = predict(model, val_loader, accelerator)
-        result.eval_time += time.perf_counter() - began
-        mse = float(np.mean((pred - val_target) ** 2))
-        if not math.isfinite(mse):
-            raise Diverged(fold, step, "validation MSE", mse, tcfg.precision)
-        model.train()
-        log({**{f"train/{k}": v for k, v in train.items()}, "val/mse": mse, "val/rmse": math.sqrt(mse),
-             "train/lr": scheduler.get_last_lr()[0]}, step)
-        result.history.append({"step": step, "val_mse": mse})
-        if mse < result.best_mse:
-            result.best_mse, result.best_step, result.val_pred, loop["bad_evals"] = mse, step, pred, 0
-            began = time.perf_counter()
-            result.best_state = {k: v.detach().to("cpu", copy=True)
-                                 for k, v in accelerator.unwrap_model(model).state_dict().items()}
-            result.keep_time += time.perf_counter() - began
-        else:
-            loop["bad_evals"] += 1
-        bar.set_postfix(loss=f"{train['loss']:.4f}", val_rmse=f"{math.sqrt(mse):.4f}", best=f"{result.best_rmse:.4f}")
-        return tcfg.patience is not None and loop["bad_evals"] >= tcfg.patience
-
-    def save_snapshot(epoch_start_state) -> None:
-        began = time.perf_counter()
-        if accelerator.is_main_process:
-            snapshot.save(snapshot_dir, model_state=accelerator.unwrap_model(model).state_dict(), optimizer=optimizer,
-                          scheduler=scheduler, best_state=result.best_state, best_pred=result.val_pred,
-                          state=loop | (extra_state or {}) | {"best_mse": result.best_mse,
-                                                              "best_step": result.best_step,
-                                                              "history": result.history},
-                          sampler_state=epoch_start_state)
-        accelerator.wait_for_everyone()
-        result.snapshot_time += time.perf_counter() - began
-
+    run = FoldTraining(model, optimizer, scheduler, accelerator, val_loader, np.asarray(val_target, dtype=float), cfg,
+                       fold, log, snapshot_dir, extra_state or {})
+    start = time.perf_counter()
     if saved is None and snapshot_dir is not None:
         saved = snapshot.load(snapshot_dir)
-    if saved is not None:  # continue where the snapshot left off
-        accelerator.unwrap_model(model).load_state_dict(saved.model)
-        optimizer.load_state_dict(saved.optimizer)
-        scheduler.load_state_dict(saved.scheduler)
-        loop |= {k: saved.state[k] for k in loop}
-        result.best_mse, result.best_step = saved.state["best_mse"], saved.state["best_step"]
-        result.history, result.best_state, result.val_pred = saved.state["history"], saved.best_state, saved.best_pred
-        result.resumed_from = loop["step"]
-
-    task = task or Task()
-    model.train()
+    if saved is not None:
+        run.restore(saved)
+    state, skip = run.state, run.state.batch  # skip: the resumed epoch's batches trained before the snapshot
     snapshot_every = tcfg.get("snapshot_every") if snapshot_dir is not None else None
-    with tqdm(total=steps_per_epoch * tcfg.epochs, initial=loop["step"], desc=f"fold {fold}", dynamic_ncols=True,
+    model.train()
+    with tqdm(total=steps_per_epoch * tcfg.epochs, initial=state.step, desc=f"fold {fold}", dynamic_ncols=True,
               disable=not accelerator.is_local_main_process) as bar:
-        for epoch in range(loop["epoch"], tcfg.epochs):
-            if loop["stop"]:
+        for epoch in range(state.epoch, tcfg.epochs):
+            if state.stop:
                 break
-            resuming = saved is not None and epoch == loop["epoch"] and loop["batch"] > 0
-            if resuming and generator is not None:
-                generator.set_state(saved.rng["tensors"]["sampler"])
-            epoch_start = generator.get_state().clone() if generator is not None else None
-            if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(epoch)
-            batches = iter(train_loader)
-            if resuming:  # the steps before the snapshot: skip their batches, then restore the random streams
-                for _ in itertools.islice(batches, loop["batch"]):
-                    pass
-                snapshot.set_rng_state(saved.rng["tensors"], saved.rng["plain"])
-                if accelerator.process_index:  # ranks other than 0 need their own streams (dropout masks differ)
-                    torch.manual_seed(cfg.seed + 1000 * fold + 7919 * accelerator.process_index + loop["step"])
-            else:
-                loop["batch"] = 0
-            loop["epoch"] = epoch
+            batches, epoch_start = run.epoch_batches(train_loader, generator, epoch, skip, saved)
+            state.epoch, state.batch, skip = epoch, skip, 0
             for group in micro_batch_groups(batches, tcfg.grad_accum):
                 losses = optimizer_step(model, regularizer, group, optimizer, accelerator, task,
                                         tcfg.max_grad_norm, penalty)
-                loop["step"] += 1
-                loop["batch"] += len(group)
-                step = loop["step"]
+                state.step += 1
+                state.batch += len(group)
                 if not math.isfinite(losses["loss"]):
-                    raise Diverged(fold, step, "loss", losses["loss"], tcfg.precision)
-                loop["running"].append(losses)
+                    raise Diverged(fold, state.step, "loss", losses["loss"], tcfg.precision)
+                state.running.append(losses)
                 scheduler.step()
                 bar.update(1)
-                epoch_end = loop["batch"] >= len(train_loader)
-                due = step % tcfg.eval_every == 0 if at is None else step - epoch * steps_per_epoch in at
+                epoch_end = state.batch >= len(train_loader)
+                due = (state.step % tcfg.eval_every == 0 if at is None
+                       else state.step - epoch * steps_per_epoch in at)
                 if epoch_end or due:
-                    running = loop["running"]
-                    means = {k: float(np.mean([r[k] for r in running])) for k in running[0]}
-                    loop["stop"], loop["running"] = evaluate(step, means), []
-                if snapshot_dir is not None and (epoch_end or loop["stop"]
-                                                 or (snapshot_every and step % snapshot_every == 0)):
-                    save_snapshot(epoch_start)
-                if loop["stop"]:
+                    state.stop = run.evaluate(bar)
+                if snapshot_dir is not None and (epoch_end or state.stop
+                                                 or (snapshot_every and state.step % snapshot_every == 0)):
+                    run.save_snapshot(epoch_start)
+                if state.stop:
                     break
-    result.steps, result.train_time = loop["step"], time.perf_counter() - start
+    run.result.steps, run.result.train_time = state.step, time.perf_counter() - start
     accelerator.free_memory()
-    return result
+    return run.result

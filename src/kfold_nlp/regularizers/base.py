@@ -54,7 +54,6 @@ class Regularizer:
     config is checked against it before a run starts, and the constructor checks it again for direct use.
     """
 
-    name = "baseline"
     params: dict = {}
 
     def check_params(self, **values) -> None:

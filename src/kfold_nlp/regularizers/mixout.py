@@ -66,7 +66,6 @@ class Mixout(Regularizer):
     ``"layer\\.(4|5)\\."``). The new head and pooler have no pretrained weights to mix towards and stay plain.
     """
 
-    name = "mixout"
     params = {"p": PROBABILITY, "layers": Rule(str)}
 
     def __init__(self, p: float = 0.1, layers: str = "all"):

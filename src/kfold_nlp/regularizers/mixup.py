@@ -45,14 +45,12 @@ class Mixup(Regularizer):
     loss, with nothing drawn.
     """
 
-    name = "mixup"
     # float32 Beta sampling degenerates outside this range: alpha 1e-30 draws 0.5 every time, 1e39 overflows
     params = {"alpha": Rule(float, ge=0.01, le=100, also=(0,))}
 
     def __init__(self, alpha: float = 0.4):
         self.check_params(alpha=alpha)
         self.alpha = alpha
-        self.last_mix: tuple[float, torch.Tensor] | None = None  # the latest batch's (lam, perm): for tests
 
     def setup(self, model: nn.Module) -> None:
         self.layer = model.dropout = MixupLayer(model.dropout)
@@ -65,7 +63,7 @@ class Mixup(Regularizer):
     def loss(self, model: nn.Module, batch: dict, loss_fn: LossFn) -> LossParts:
         if self.alpha == 0:
             return super().loss(model, batch, loss_fn)
-        lam, perm = self.last_mix = self.draw(len(batch["target"]), batch["target"].device)
+        lam, perm = self.draw(len(batch["target"]), batch["target"].device)
         self.layer.mix = (lam, perm)
         try:
             plain, mixed = model(**model_inputs(batch)).float()

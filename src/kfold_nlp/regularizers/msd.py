@@ -45,7 +45,6 @@ class MultiSampleDropout(Regularizer):
     averaged prediction (common in Kaggle heads; for MSE it is smaller by the variance across samples).
     """
 
-    name = "msd"
     params = {"k": Rule(int, ge=1), "p": PROBABILITY, "reduce": Rule(str, choices=REDUCTIONS)}
 
     def __init__(self, k: int = 8, p: float = 0.5, reduce: str = "loss"):

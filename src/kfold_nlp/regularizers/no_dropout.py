@@ -4,7 +4,5 @@ from .base import Regularizer, set_dropout
 
 
 class NoDropout(Regularizer):
-    name = "no_dropout"
-
     def setup(self, model):
         set_dropout(model, 0.0)

@@ -46,7 +46,6 @@ class RDrop(Regularizer):
     output has the batch as its first dim (not a Multi-Sample-Dropout ``K x batch``).
     """
 
-    name = "rdrop"
     params = {"alpha": Rule(float, ge=0), "single_forward": Rule(bool)}
 
     def __init__(self, alpha: float = 1.0, single_forward: bool = True):
