@@ -9,7 +9,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from kfold_nlp import snapshot
+from conftest import tiny_overrides
+from kfold_nlp import cv, snapshot
 from kfold_nlp.model import build_model, load_tokenizer, tokenize
 from kfold_nlp.optim import build_optimizer, weight_penalty
 from kfold_nlp.paths import CONFIG_DIR
@@ -242,3 +243,17 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocating_a_big_tensor():
     if faults["0"] < 8 * 2**14 / 2:
         pytest.skip(f"this kernel backs the allocations with huge pages already ({faults['0']} faults)")
     assert faults["1"] < faults["0"] / 4, faults  # plain: every allocation faults; kept: at most the first
+
+
+def test_early_stopping_ends_the_fold_before_its_planned_steps_and_says_so(tmp_path, caplog):
+    """lr 0: the validation MSE never improves after the first evaluation, so patience 1 stops at the second; the
+    result keeps the planned steps and the fold's line announces the early stop."""
+    _, result, _ = fit(8, 2, 1, "optimizer.lr=0", "trainer.patience=1", "trainer.eval_every=1")
+    assert (result.steps, result.planned_steps, result.best_step) == (2, 8, 1)
+
+    overrides = [o for o in tiny_overrides(tmp_path / "data", tmp_path, n_train=24) if not o.startswith("hydra.")]
+    with caplog.at_level("INFO", logger="kfold_nlp"):
+        cv.run(config(*overrides, "logger=none", "name=exp", "cv.folds=[0]", "trainer.eval_every=1",
+                      "optimizer.lr=0", "trainer.patience=1", "trainer.epochs=3"), tmp_path / "run")
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fold 0: val RMSE")]
+    assert "at step 1 of 2 (stopped early: 1 evaluation without a better one; 6 planned)" in line

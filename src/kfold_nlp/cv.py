@@ -321,6 +321,7 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             tracker_run.update_summary({"resumed_from_step": res.resumed_from})
         model.load_state_dict(res.best_state)
         result = {"mse": res.best_mse, "rmse": res.best_rmse, "best_step": res.best_step, "steps": res.steps,
+                  "planned_steps": res.planned_steps,
                   "train_time_s": round(res.train_time, 2), "eval_time_s": round(res.eval_time, 2),
                   "keep_best_time_s": round(res.keep_time, 2), "snapshot_time_s": round(res.snapshot_time, 2),
                   "threads": torch.get_num_threads(), **memory_mb()}
@@ -342,9 +343,13 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             write_json(result | {"made_from": fingerprint.made_from(run_dir)}, fdir / "result.json")  # last: done
             if not cfg.trainer.keep_snapshot:
                 snapshot.remove(fdir)
-    log.info("fold %d: val RMSE %.4f (MSE %.4f) at step %d of %d, %.0f s (evaluation %.0f%%, peak RSS %.0f MiB)",
-             fold, result["rmse"], result["mse"], result["best_step"], result["steps"], result["train_time_s"],
-             100 * result["eval_time_s"] / max(result["train_time_s"], 1e-9), result["peak_rss_mb"])
+    stopped = "" if result["steps"] >= result["planned_steps"] else (
+        f" (stopped early: {cfg.trainer.patience} evaluation{'s' * (cfg.trainer.patience != 1)} without a better "
+        f"one; {result['planned_steps']} planned)")
+    log.info("fold %d: val RMSE %.4f (MSE %.4f) at step %d of %d%s, %.0f s (evaluation %.0f%%, peak RSS %.0f MiB)",
+             fold, result["rmse"], result["mse"], result["best_step"], result["steps"], stopped,
+             result["train_time_s"], 100 * result["eval_time_s"] / max(result["train_time_s"], 1e-9),
+             result["peak_rss_mb"])
     return result
 
 

@@ -151,6 +151,7 @@ class FoldResult:
     best_mse: float = math.inf
     best_step: int = 0
     steps: int = 0
+    planned_steps: int = 0  # epochs x steps per epoch: more than ``steps`` when early stopping ended the fold
     val_pred: np.ndarray | None = None
     best_state: dict | None = None
     train_time: float = 0.0
@@ -392,5 +393,6 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
                 if state.stop:
                     break
     run.result.steps, run.result.train_time = state.step, time.perf_counter() - start
+    run.result.planned_steps = steps_per_epoch * tcfg.epochs
     accelerator.free_memory()
     return run.result
