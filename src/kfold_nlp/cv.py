@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
-from . import distill, hardware, snapshot, tracking
+from . import distill, hardware, lock, snapshot, tracking
 from .data import DataError, load_data
 from .files import atomic_path, read_json, write_csv, write_json
 from .folds import make_folds
@@ -398,15 +398,17 @@ def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
     started = time.perf_counter()
     accelerator = make_accelerator(cfg.trainer)
     main = accelerator.is_main_process
-    data = prepare(cfg, run_dir, main)
-    group = tracking.group_name(cfg, job or {})
-    for fold in expected_folds(cfg):
-        if (fold_dir(run_dir, fold) / "result.json").exists():  # finished before an interruption: keep it
-            log.info("fold %d: kept from the earlier start", fold)
-            continue
-        fit_fold(cfg, run_dir, fold, data, accelerator, group)
-    accelerator.wait_for_everyone()
-    if not main or not cfg.get("collect", True):
-        return {}
-    return finish(cfg, run_dir, data, group, {"wall_time_s": round(time.perf_counter() - started, 1),
-                                             "processes": accelerator.num_processes})
+    with lock.writing(cfg, run_dir, when=main):  # only rank 0 writes
+        data = prepare(cfg, run_dir, main)
+        group = tracking.group_name(cfg, job or {})
+        for fold in expected_folds(cfg):
+            if (fold_dir(run_dir, fold) / "result.json").exists():  # finished before an interruption: keep it
+                log.info("fold %d: kept from the earlier start", fold)
+                continue
+            with lock.writing_fold(fold_dir(run_dir, fold), when=main):
+                fit_fold(cfg, run_dir, fold, data, accelerator, group)
+        accelerator.wait_for_everyone()
+        if not main or not cfg.get("collect", True):
+            return {}
+        return finish(cfg, run_dir, data, group, {"wall_time_s": round(time.perf_counter() - started, 1),
+                                                 "processes": accelerator.num_processes})
