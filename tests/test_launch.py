@@ -4,13 +4,17 @@ result."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
-from conftest import read_metrics, run_cli, tiny_overrides
-from kfold_nlp import hardware
+from conftest import ROOT, read_metrics, run_cli, tiny_overrides
+from kfold_nlp import hardware, lock
 
 pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
 
@@ -45,3 +49,34 @@ def test_collect_rebuilds_a_run_and_names_the_unfinished_folds(tiny_run, tmp_pat
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {run_dir}: fold(s) 2 not finished (no fold_<k>/result.json); "
                                    f"train them with RESUME={run_dir}")
+
+
+def test_the_fold_jobs_of_a_launcher_killed_outright_end_with_it(tiny_run, tmp_path):
+    """``kill -9`` of a ``launcher=joblib`` start while its fold jobs train (for as good as ever): its multirun
+    process and every worker that one started end soon after, the jobs through their SIGTERM line, and no fold of
+    the folder is left locked."""
+    run_dir, err = tmp_path / "run", tmp_path / "stderr"
+    overrides = [o if o != "trainer.epochs=1" else "trainer.epochs=100000"
+                 for o in tiny_overrides(tiny_run.parent / "data", run_dir)]
+    with err.open("wb") as stderr:
+        launcher = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *overrides, "launcher=joblib"], cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=stderr)
+    started = []
+    try:
+        while len(list(run_dir.glob(f"fold_*/{lock.HOLDER}"))) < min(3, hardware.usable_cores()):  # jobs training
+            assert launcher.poll() is None, err.read_text()[-3000:]
+            time.sleep(0.5)
+        started = psutil.Process(launcher.pid).children(recursive=True)
+        jobs = {int(p.read_text()) for p in run_dir.glob(f"fold_*/{lock.HOLDER}")}
+        assert jobs <= {p.pid for p in started}
+        launcher.kill()
+        launcher.wait()
+        _, alive = psutil.wait_procs(started, timeout=120)
+        assert not alive, [" ".join(p.cmdline()) for p in alive]
+    finally:
+        launcher.kill()
+        for proc in started:
+            if proc.is_running():
+                proc.kill()
+    assert err.read_text().count(f"terminated: finished folds are kept in {run_dir}") == len(jobs)
+    assert all(lock.is_free(fold) for fold in run_dir.glob("fold_*"))

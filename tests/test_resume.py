@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from conftest import ROOT, read_metrics, run_cli, start_until, tiny_overrides
+from kfold_nlp import lock
 from kfold_nlp.cv import check_run_config
 from kfold_nlp.data import DataError
 from kfold_nlp.paths import CONFIG_DIR
@@ -46,7 +47,7 @@ def assert_same_results(run_dir: Path, reference: Path) -> None:
 def assert_nothing_half_written(run_dir: Path, folds: pd.DataFrame, n_test: int) -> None:
     """Every file is a temporary (dot name, .tmp) or complete: CSVs have all their rows, the rest parse."""
     for path in run_dir.rglob("*"):
-        if not path.is_file() or TEMP.fullmatch(path.name) or path.suffix == ".log":
+        if not path.is_file() or TEMP.fullmatch(path.name) or path.suffix == ".log" or path.name in lock.FILES:
             continue
         rel = path.relative_to(run_dir).as_posix()
         if path.suffix == ".yaml":
@@ -314,3 +315,60 @@ def test_resume_from_the_folder_alone_continues_the_run_with_its_own_config(tiny
     assert refused.stderr.strip().startswith(f"error: {run_dir / 'run_config.yaml'}: this run was started with other "
                                              f"values of trainer.batch_size;")
     assert {p: p.read_bytes() for p in before} == before  # the finished run is untouched
+
+
+HOLD = ("import sys; from pathlib import Path; from kfold_nlp import lock; lock.hold(Path(sys.argv[1])); "
+        "print('held', flush=True); sys.stdin.read()")  # another process holding a folder's lock until killed
+
+
+def every_file(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("held, start", [("run", "resume"), ("run", "pinned"), ("run", "launcher"),
+                                         ("run", "collect"), ("fold", "resume")])
+def test_a_second_writer_of_a_run_folder_is_refused_and_changes_nothing(held, start, tiny_run, tmp_path):
+    """Another process holds the run folder's lock, or fold 1's (a fold job whose launcher died): a resume, a start
+    pinned to the folder, a launcher start and a collect are refused with one line naming that process, before
+    anything is written: every file of the folder, Hydra's own and the log included, is as it was."""
+    data, run_dir = tiny_run.parent / "data", tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
+    folder = run_dir if held == "run" else run_dir / "fold_1"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = every_file(run_dir)
+        args = {"resume": resume_overrides(data, run_dir), "pinned": tiny_overrides(data, run_dir),
+                "launcher": [*resume_overrides(data, run_dir), "launcher=joblib"], "collect": [str(run_dir)]}[start]
+        proc = run_cli(*args, module="kfold_nlp.collect" if start == "collect" else "kfold_nlp", check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    what = "run folder" if held == "run" else "fold"
+    assert proc.returncode == 2 and proc.stderr.strip() == (f"error: {folder.resolve()}: another process (pid "
+                                                            f"{holder.pid}) is writing this {what}; wait for it or "
+                                                            f"stop it")
+    assert every_file(run_dir) == before
+
+
+@pytest.mark.slow
+def test_a_resume_of_a_run_still_training_is_refused_and_the_run_goes_on(tiny_run, tmp_path):
+    """A resume started while the run trains fold 1 (paused meanwhile, so that it cannot finish first) is refused,
+    naming the run's pid; the run then ends as if it had been alone."""
+    data, run_dir = tiny_run.parent / "data", tmp_path / "run"
+    proc = start_until(tiny_overrides(data, run_dir), b"fold 1:")
+    try:
+        proc.send_signal(signal.SIGSTOP)
+        refused = run_cli(*resume_overrides(data, run_dir), check=False)
+        proc.send_signal(signal.SIGCONT)
+        rest = proc.communicate(timeout=600)[1].decode()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"error: {run_dir.resolve()}: another process (pid {proc.pid}) is writing this run folder; wait for it or "
+        f"stop it")
+    assert proc.returncode == 0, rest[-3000:]
+    assert_same_results(run_dir, tiny_run)

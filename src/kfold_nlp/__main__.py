@@ -15,11 +15,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from . import lock, orphans
 from .data import DataError
 from .paths import CONFIG_DIR, offline_for_local
 
 log = logging.getLogger("kfold_nlp")
-STUB = {".hydra", "run.log"}  # what Hydra writes into a run folder before our code runs
+STUB = {".hydra", "run.log", *lock.FILES}  # what Hydra (and the run lock) put into a run folder before our code runs
 
 
 def _point_latest(run_dir: Path) -> None:
@@ -38,8 +39,8 @@ def is_stub(run_dir: Path) -> bool:
 
 
 def _remove_stub(run_dir: Path) -> None:
-    """A start refused for bad input leaves no folder that looks like a run."""
-    if is_stub(run_dir):
+    """A start refused for bad input leaves no folder that looks like a run (never one another process writes)."""
+    if is_stub(run_dir) and lock.is_free(run_dir):
         logging.shutdown()  # close the log file before removing it
         shutil.rmtree(run_dir, ignore_errors=True)
         if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
@@ -119,7 +120,10 @@ def main(cfg: DictConfig) -> float:
                   f"(or resume={run_dir})", file=sys.stderr)
         else:
             print(f"{how} before anything was written", file=sys.stderr)
-        sys.exit(143 if isinstance(err, Terminated) else 130)
+        code = 143 if isinstance(err, Terminated) else 130
+        if orphans.abandoned():  # its launcher is gone: end the worker process, not only this job
+            orphans.exit_now(code)
+        sys.exit(code)
     if not metrics:  # not the main process
         return float("nan")
     if not multirun:

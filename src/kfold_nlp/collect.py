@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import lock
 from .data import DataError, refuse
 from .schema import ConfigError
 
@@ -16,6 +17,7 @@ def collect_run(run_dir: Path) -> dict:
     from .summary import run_name
 
     cfg = run_config(run_dir)
+    lock.hold_run(run_dir)  # no start, fold job or other collect writes the folder meanwhile
     missing = cv.unfinished(run_dir, cv.expected_folds(cfg))
     if missing:
         raise DataError(f"{run_dir}: fold(s) {', '.join(map(str, missing))} not finished (no fold_<k>/result.json); "

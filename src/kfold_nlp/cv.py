@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
-from . import distill, fingerprint, hardware, snapshot
+from . import distill, fingerprint, hardware, lock, snapshot
 from .data import DataError, load_data
 from .files import atomic_path, read_json, write_csv, write_json
 from .fingerprint import FREE_KEYS
@@ -217,8 +217,10 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
             raise DataError(f"{run_dir / 'folds.csv'}: the folds differ from this config's; start a new run")
     check_run_config(cfg, run_dir, save=main)  # every process, so none waits for a main process that refused
     if main:
-        for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:  # left by a killed run
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        # left by a killed run; not those of a fold job writing beside this one (a launcher's other jobs)
+        for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
+            if lock.is_free(stale.parent):
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         if not cfg.trainer.keep_snapshot:  # a kill between a fold's result.json and its snapshot's removal
             for finished in run_dir.glob("fold_*/result.json"):
                 snapshot.remove(finished.parent)
@@ -435,15 +437,17 @@ def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
     started = time.perf_counter()
     accelerator = make_accelerator(cfg.trainer)
     main = accelerator.is_main_process
-    data = prepare(cfg, run_dir, main)
-    group = group_name(cfg, job or {})
-    for fold in expected_folds(cfg):
-        if (fold_dir(run_dir, fold) / "result.json").exists():  # finished before an interruption: keep it
-            log.info("fold %d: kept from the earlier start", fold)
-            continue
-        fit_fold(cfg, run_dir, fold, data, accelerator, group)
-    accelerator.wait_for_everyone()
-    if not main or not cfg.get("collect", True):
-        return {}
-    return finish(cfg, run_dir, data, group, {"wall_time_s": round(time.perf_counter() - started, 1),
-                                             "processes": accelerator.num_processes})
+    with lock.writing(cfg, run_dir, when=main):  # only rank 0 writes
+        data = prepare(cfg, run_dir, main)
+        group = group_name(cfg, job or {})
+        for fold in expected_folds(cfg):
+            if (fold_dir(run_dir, fold) / "result.json").exists():  # finished before an interruption: keep it
+                log.info("fold %d: kept from the earlier start", fold)
+                continue
+            with lock.writing_fold(fold_dir(run_dir, fold), when=main):
+                fit_fold(cfg, run_dir, fold, data, accelerator, group)
+        accelerator.wait_for_everyone()
+        if not main or not cfg.get("collect", True):
+            return {}
+        return finish(cfg, run_dir, data, group, {"wall_time_s": round(time.perf_counter() - started, 1),
+                                                 "processes": accelerator.num_processes})

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cv, hardware
+from . import cv, hardware, lock, orphans
 from .data import DataError
 
 DROPPED = ("launcher", "resume", "output", "collect", "cv.folds", "hydra.run.dir")  # set here for every job
@@ -39,10 +39,12 @@ def run(cfg, run_dir: Path, overrides: list[str]) -> dict:
     import torch
 
     started = time.perf_counter()
+    lock.hold_run(run_dir)  # held since Hydra started this process (lock.RunLock); taken here for any other caller
     data = cv.prepare(cfg, run_dir, texts=False)
     folds = cv.unfinished(run_dir, cv.expected_folds(cfg))
     if folds:
-        env = os.environ | {"KFOLD_NLP_GPUS": str(torch.cuda.device_count())}  # a job picks GPU k mod n
+        # a job picks GPU k mod n; the jobs, and the multirun process that starts them, end if this process dies
+        env = os.environ | {"KFOLD_NLP_GPUS": str(torch.cuda.device_count())} | orphans.child_env()
         jobs = local_jobs(cfg.launcher, overrides, len(folds))
         if jobs:  # processes side by side on this machine: each gets its share of the cores, not all of them
             env[hardware.THREADS_ENV] = str(hardware.split_cores(jobs))
