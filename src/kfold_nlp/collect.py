@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .data import DataError, refuse
-from .schema import ConfigError
+from .errors import DataError, OneLineError, refuse
 
 
 def collect_run(run_dir: Path) -> dict:
@@ -31,8 +30,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         metrics = collect_run(args.run_dir)
-    except (DataError, ConfigError) as err:
-        refuse(err)
+    except (OneLineError, OSError) as err:
+        refuse(err, f"collect again (make collect RUN={args.run_dir})", args.run_dir)
     c = metrics["cv"]
     print(f"Run folder: {args.run_dir} | CV RMSE {c['rmse']:.4f} | CV MSE {c['mse']:.4f} "
           f"(predicting the training mean: RMSE {c['mean_predictor_rmse']:.4f})")

@@ -26,16 +26,21 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from . import stats
-from .data import refuse
+from .errors import OneLineError, refuse
 from .files import write_csv, write_json
+from .runfiles import read_csv
 
 METHODS = ("mean", "nnls", "greedy")
 GREEDY_STEPS = 100  # selections with replacement: weights are multiples of 1/steps at most
 GROUP = "ensemble"  # the W&B group of every ensemble run
 
 
-class EnsembleError(ValueError):
+class EnsembleError(OneLineError):
     """Members that cannot be blended; the message is the one line the user sees."""
+
+
+FOLDS = ("id", "fold", "target")  # the columns of folds.csv, and the first of oof.csv
+FIX = "re-collect or rerun that run"  # a member's damaged file
 
 
 @dataclass
@@ -119,10 +124,14 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _read(path: Path, name: str, **kw) -> pd.DataFrame:
+def _read(path: Path, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A member's ``name`` with ``columns``, ids as strings, ``pred`` a number (NaN where it is none)."""
     if not (path / name).exists():
         raise EnsembleError(f"{path}: no {name} (not a finished run folder)")
-    return pd.read_csv(path / name, **kw)
+    table = read_csv(path / name, columns, FIX, dtype={"id": str})
+    if "pred" in columns:
+        table["pred"] = pd.to_numeric(table["pred"], errors="coerce")
+    return table
 
 
 def _check_finite(path: Path, values: np.ndarray) -> None:
@@ -130,7 +139,7 @@ def _check_finite(path: Path, values: np.ndarray) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         raise EnsembleError(f"{path}: {int(bad.sum())} blank or non-finite prediction(s), first at data row "
-                            f"{int(np.flatnonzero(bad)[0]) + 1}; re-collect or rerun that run")
+                            f"{int(np.flatnonzero(bad)[0]) + 1}; {FIX}")
 
 
 def _same_folds(a: pd.DataFrame, b: pd.DataFrame) -> bool:
@@ -143,8 +152,10 @@ def _submission(path: Path) -> pd.DataFrame | None:
     """A member's ``submission.csv``: the first column is the id, the second the prediction, whatever their names."""
     if not (path / "submission.csv").exists():
         return None
-    sub = pd.read_csv(path / "submission.csv", dtype=str)
-    return sub.iloc[:, :2].astype({sub.columns[1]: float})
+    sub = read_csv(path / "submission.csv", (), FIX, dtype=str)
+    if sub.shape[1] < 2:
+        raise EnsembleError(f"{path / 'submission.csv'}: needs an id and a prediction column; {FIX}")
+    return sub.iloc[:, :2].assign(**{sub.columns[1]: pd.to_numeric(sub.iloc[:, 1], errors="coerce")})
 
 
 def load_members(paths: list[Path]) -> Members:
@@ -152,13 +163,13 @@ def load_members(paths: list[Path]) -> Members:
     paths = list(dict.fromkeys(Path(p).resolve() for p in paths))  # a run listed twice is one member
     if not paths:
         raise EnsembleError("no runs to blend")
-    first, folds0 = paths[0], _read(paths[0], "folds.csv", dtype={"id": str})
+    first, folds0 = paths[0], _read(paths[0], "folds.csv", FOLDS)
     oofs, subs = [], []
     for path in paths:
-        if not _same_folds(folds0, _read(path, "folds.csv", dtype={"id": str})):
+        if not _same_folds(folds0, _read(path, "folds.csv", FOLDS)):
             raise EnsembleError(f"{path}: folds.csv differs from {first}'s (other rows or other folds); blend only "
                                 f"runs on the same data and cv.seed")
-        oofs.append(_read(path, "oof.csv", dtype={"id": str}))
+        oofs.append(_read(path, "oof.csv", (*FOLDS, "pred")))
         _check_finite(path / "oof.csv", oofs[-1]["pred"].to_numpy(float))
         subs.append(_submission(path))
         if subs[-1] is not None:
@@ -312,11 +323,11 @@ def main(argv=None) -> None:
             raise EnsembleError(str(err)) from None
         members = load_members(runs)
         result = blend(members, args.method, args.steps)
-    except EnsembleError as err:
-        refuse(err)
-    out = args.out or default_out()
-    write(result, out)
-    log_wandb(result, members, out, args.wandb_mode)
+        out = args.out or default_out()
+        write(result, out)
+        log_wandb(result, members, out, args.wandb_mode)
+    except (OneLineError, OSError) as err:
+        refuse(err, "blend again")
     c = result["metrics"]["cv"]
     print(members_table(result["metrics"]).to_markdown(floatfmt=".4f"))
     print(f"Ensemble folder: {out} | {args.method} | CV RMSE {c['rmse']:.4f} nested ({c['rmse_in_sample']:.4f} "

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from omegaconf import OmegaConf
 
 from . import hardware
-from .errors import ConfigError
+from .errors import ConfigError, EnvironmentFault
 
 os.environ.setdefault("WANDB_SILENT", "true")
 log = logging.getLogger(__name__)
@@ -32,12 +32,16 @@ def check_online(logger_cfg) -> None:
         return
     if os.environ.get("WANDB_API_KEY"):
         return
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    host = _host()
     with suppress(OSError, netrc.NetrcParseError):
         if netrc.netrc().authenticators(host):
             return
     raise ConfigError(f"logger.mode=online: no W&B API key for {host} (set WANDB_API_KEY or run `wandb login`); "
                       f"or use logger.mode=offline and `wandb sync` later")
+
+
+def _host() -> str:
+    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
 
 
 def group_name(cfg, job: dict) -> str:
@@ -103,21 +107,26 @@ def wandb_run(cfg, *, run_dir, group: str, name: str, job_type: str, tags=(), ru
         if run_id is None and cfg.logger.mode == "offline":
             for old in Path(run_dir, "wandb").glob(f"offline-run-*-{stem}*"):
                 shutil.rmtree(old, ignore_errors=True)
-        run = _init(
-            wandb, stem, run_id,
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            mode=cfg.logger.mode,
-            group=group,
-            job_type=job_type,
-            name=name,
-            tags=[*cfg.logger.tags, *tags],
-            config=OmegaConf.to_container(cfg, resolve=True)
-            | {"hardware": hardware.record(OmegaConf.select(cfg, "trainer.precision"))},
-            dir=str(run_dir),
-            reinit="finish_previous",
-            settings=wandb.Settings(console="off", x_disable_stats=True),
-        )
+        try:
+            run = _init(
+                wandb, stem, run_id,
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                mode=cfg.logger.mode,
+                group=group,
+                job_type=job_type,
+                name=name,
+                tags=[*cfg.logger.tags, *tags],
+                config=OmegaConf.to_container(cfg, resolve=True)
+                | {"hardware": hardware.record(OmegaConf.select(cfg, "trainer.precision"))},
+                dir=str(run_dir),
+                reinit="finish_previous",
+                settings=wandb.Settings(console="off", x_disable_stats=True),
+            )
+        except wandb.errors.CommError as err:  # no network, the service down, a key it refuses
+            first = str(err).strip().splitlines()[0][:200]
+            raise EnvironmentFault(f"W&B ({_host()}): {first}; check the network and the API key (or use "
+                                   f"logger.mode=offline, then `wandb sync`)") from None
     try:
         yield run
     except BaseException:
