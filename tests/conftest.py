@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,15 @@ def run_cli(*args: str, module: str = "kfold_nlp", check: bool = True) -> subpro
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def copy_run(run_dir: Path, dest: Path, models: bool = False) -> Path:
+    """A copy of a finished run folder without its W&B files (and models unless asked) that logs nothing when
+    collected or resumed."""
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("wandb", *([] if models else ["*.safetensors"])))
+    config = dest / "run_config.yaml"
+    config.write_text(config.read_text().replace("mode: offline", "mode: disabled"))
+    return dest
 
 
 def start_until(overrides: list[str], marker: bytes, **popen) -> subprocess.Popen:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
@@ -23,6 +26,7 @@ CASES = {
     "nan_target": (GOOD.assign(target=[-1.0, None, 0, 0, 0, 0]), "r1"),
     "text_target": (GOOD.assign(target=["-1", "0", "easy", "0", "0", "0"]), "r2"),
     "duplicate_ids": (GOOD.assign(id=["a", "b", "c", "b", "e", "f"]), "'b'"),
+    "target_beyond_float32": (GOOD.assign(target=[-1.0, 0.5, 1e39, 0.1, -0.3, -1.5]), "float32's range"),
     "too_few_rows": (GOOD.head(2), "2 rows"),
 }
 
@@ -41,3 +45,34 @@ def test_bad_input_exits_with_one_line_naming_file_and_problem(case, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and path.name in lines[0] and needle in lines[0], lines[0]
     assert not run_dir.exists()  # not even Hydra's .hydra/ and log: no stub folder that looks like a run
+
+
+REFUSED = {  # overrides (beside the good file) -> the whole line
+    "more_folds_than_the_largest_bin": ([],
+                                        "error: cv.n_splits=3: stratified folds need a target bin of at least 3 rows, "
+                                        "and the largest of the 3 bins (cv.bins=sturges) holds 2; lower cv.n_splits "
+                                        "or cv.bins"),
+    "unknown_launcher": (["launcher=nosuch"],
+                         "error: launcher=nosuch: must be one of basic, joblib, slurm, submitit_local, submitit_slurm "
+                         "(conf/hydra/launcher/ and the installed launcher plugins)"),
+    "resume_a_file": (["resume={good}"],
+                      "error: resume={good}: is a file; give the run folder (the one holding run_config.yaml)"),
+    "mixup_alpha_beyond_its_range": (["regularizer=mixup", "regularizer.alpha=1e-50"],
+                                     "error: regularizer.alpha=1e-50: must be 0 or a number >= 0.01 and <= 100"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_a_config_that_cannot_run_is_refused_before_anything_is_written(case, tmp_path):
+    """Started from an empty folder (the default run folder, ``outputs/<name>/<time>``, is made there): no run
+    folder is left."""
+    good = tmp_path / "good.csv"
+    GOOD.assign(target=[0.0, 0.1, 5.0, 5.1, 10.0, 10.1]).to_csv(good, index=False)  # 3 Sturges bins of 2 rows
+    overrides, line = REFUSED[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "kfold_nlp", "model=tiny", "data=csv", f"data.path={good}",
+                           "cv.n_splits=3", "logger.mode=disabled", *(o.format(good=good) for o in overrides)],
+                          cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip() == line.format(good=good), proc.stderr
+    assert [p.name for p in work.rglob("*")] in ([], ["outputs"])  # no run folder, not even an empty one

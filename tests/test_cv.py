@@ -201,7 +201,8 @@ def test_a_blank_fold_prediction_is_refused_naming_file_and_row(name, tiny_run, 
     proc = run_cli(str(run_dir), module="kfold_nlp.collect", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (f"error: {path}: blank or non-finite pred in 1 row(s), first at data row 3; "
-                                   f"retrain that fold (delete its result.json and resume)")
+                                   f"retrain that fold: delete {path.parent / 'result.json'} and resume with "
+                                   f"RESUME={run_dir}")
     assert {n: (run_dir / n).read_bytes() for n in results} == results
 
 

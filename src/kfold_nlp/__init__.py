@@ -19,11 +19,12 @@ def _run_dir(resume, fresh: str) -> str:
     """``resume=<run folder>`` continues that folder; otherwise a new one, ``fresh`` or ``fresh-2``, ``fresh-3``...
 
     A resumed folder is its real path: resuming ``outputs/<name>/latest`` must continue (and point ``latest`` at)
-    the folder the link names, not the link. A new folder is created here with ``os.mkdir``, which is atomic: two
+    the folder the link names, not the link; one that names a file gets a new folder instead (Hydra cannot make one
+    there), which the refused start removes. A new folder is created here with ``os.mkdir``, which is atomic: two
     runs started in the same second get two folders. Remembered per process, since Hydra may resolve
     ``hydra.run.dir`` more than once.
     """
-    if resume:
+    if resume and not Path(str(resume)).is_file():
         return str(Path(str(resume)).resolve())
     if fresh not in _ALLOCATED:
         os.makedirs(os.path.dirname(fresh) or ".", exist_ok=True)

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from . import lock, orphans
-from .data import DataError
+from .errors import DataError, Exit, environment_fault, refuse
 from .paths import CONFIG_DIR, offline_for_local
 
 log = logging.getLogger("kfold_nlp")
@@ -105,13 +105,19 @@ def main(cfg: DictConfig) -> float:
         if multirun:
             raise
         _remove_stub(run_dir)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        refuse(err)
     except Diverged as err:
         if multirun:
             raise
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(Exit.DIVERGED)
+    except Exception as err:  # a full disk, a read-only folder, W&B unreachable: one line; anything else as it is
+        fault = environment_fault(err, run_dir)
+        if fault is None or multirun:
+            raise
+        started = run_dir.exists() and not is_stub(run_dir)
+        _remove_stub(run_dir)
+        refuse(fault, f"resume with RESUME={run_dir}" if started else "start the run again")
     except KeyboardInterrupt as err:
         _remove_stub(run_dir)
         how = "terminated" if isinstance(err, Terminated) else "interrupted"
@@ -120,7 +126,7 @@ def main(cfg: DictConfig) -> float:
                   f"(or resume={run_dir})", file=sys.stderr)
         else:
             print(f"{how} before anything was written", file=sys.stderr)
-        code = 143 if isinstance(err, Terminated) else 130
+        code = Exit.TERMINATED if isinstance(err, Terminated) else Exit.INTERRUPTED
         if orphans.abandoned():  # its launcher is gone: end the worker process, not only this job
             orphans.exit_now(code)
         sys.exit(code)

@@ -7,8 +7,7 @@ import argparse
 from pathlib import Path
 
 from . import lock
-from .data import DataError, refuse
-from .schema import ConfigError
+from .errors import DataError, OneLineError, refuse
 
 
 def collect_run(run_dir: Path) -> dict:
@@ -33,8 +32,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         metrics = collect_run(args.run_dir)
-    except (DataError, ConfigError) as err:
-        refuse(err)
+    except (OneLineError, OSError) as err:
+        refuse(err, f"collect again (make collect RUN={args.run_dir})", args.run_dir)
     c = metrics["cv"]
     print(f"Run folder: {args.run_dir} | CV RMSE {c['rmse']:.4f} | CV MSE {c['mse']:.4f} "
           f"(predicting the training mean: RMSE {c['mean_predictor_rmse']:.4f})")

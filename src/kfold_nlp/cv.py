@@ -28,11 +28,12 @@ from safetensors.torch import save_model
 
 from . import distill, fingerprint, hardware, lock, snapshot
 from .data import DataError, load_data
-from .files import atomic_path, read_json, write_csv, write_json
+from .files import atomic_path, write_csv, write_json
 from .fingerprint import FREE_KEYS
 from .folds import make_folds
 from .model import build_model, load_tokenizer, tokenize
 from .predict import bag
+from .runfiles import check_ids, read_preds, read_result, read_run_config
 from .tasks import check_columns
 from .track.base import WANDB_TARGET, group_name, make, target, tracked
 from .trainer import EncodedRows, make_accelerator, make_loader, predict, release_freed_memory, train_fold
@@ -105,14 +106,10 @@ def adopt_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     path = Path(cfg.resume) / "run_config.yaml"
     if not path.is_file():
         return cfg  # refused by the schema with one line
+    saved = read_run_config(path.parent)
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     if any(k.split("/")[0] == "experiment" for k in keys):
         return cfg
-    try:
-        saved = OmegaConf.load(path)
-    except Exception as err:  # noqa: BLE001  (yaml's own errors)
-        raise DataError(f"{path}: unreadable ({' '.join(str(err).split())[:120]}); restore it or start a new "
-                        f"run") from None
     given = [k for k in keys if k.split(".")[0].split("/")[0] not in (*FREE_KEYS, "hydra") and k != "cv.folds"]
     differing = [k for k in given if _value(cfg, k) != _value(saved, k)]
     if differing:
@@ -139,26 +136,6 @@ def _refuse_start(run_dir: Path, save: bool, message: str) -> None:
     raise DataError(message)
 
 
-def check_ids(path: Path, ids, expected, what: str) -> None:
-    """Refuse a per-fold file whose ids are not exactly ``expected`` (in order): rows would be misaligned."""
-    ids, expected = list(map(str, ids)), list(map(str, expected))
-    if ids != expected:
-        first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
-        raise DataError(f"{path}: ids differ from {what} (first at row {first + 1}: {len(ids)} rows, "
-                        f"{len(expected)} expected); the data changed since this run started: start a new run")
-
-
-def read_preds(path: Path, expected, what: str) -> np.ndarray:
-    """A fold's ``pred`` column, its ids checked against ``expected``; a blank or non-finite prediction is refused
-    (a mean would skip it silently, or it would turn the CV score and the bag into NaN)."""
-    table = pd.read_csv(path, dtype={"id": str})
-    check_ids(path, table["id"], expected, what)
-    pred = pd.to_numeric(table["pred"], errors="coerce").to_numpy(float)
-    bad = ~np.isfinite(pred)
-    if bad.any():
-        raise DataError(f"{path}: blank or non-finite pred in {int(bad.sum())} row(s), first at data row "
-                        f"{int(np.flatnonzero(bad)[0]) + 1}; retrain that fold (delete its result.json and resume)")
-    return pred
 
 
 def describe(cfg: DictConfig, run_dir: Path) -> str:
@@ -393,7 +370,7 @@ def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]
     for fold in run_folds:
         fdir, rows = fold_dir(run_dir, fold), folds == fold
         oof.loc[rows, "pred"] = read_preds(fdir / "oof.csv", train["id"][rows], f"fold {fold}'s rows of folds.csv")
-        results[fold] = read_json(fdir / "result.json")
+        results[fold] = read_result(fdir / "result.json")
         fingerprint.check_fold(run_dir, fdir, results[fold])  # not a fold copied in from another run
         results[fold].pop("made_from", None)
     oof = oof[oof["fold"].isin(run_folds)].reset_index(drop=True)

@@ -15,25 +15,17 @@ import json
 import os
 import random
 import re
-import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, refuse
 from .files import write_json
 
 __all__ = ["DataError", "load_data", "load_table", "make_synthetic", "readability_features", "refuse"]
-
-
-def refuse(err: Exception) -> NoReturn:
-    """End a command on bad data or configuration: its one line on stderr, exit 2 (1 is left for failures)."""
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
 
 
 # --------------------------------------------------------------------------- loading
@@ -74,6 +66,15 @@ def _numeric(col: pd.Series) -> tuple[pd.Series, pd.Series]:
     values = pd.to_numeric(col, errors="coerce").astype("float64")
     missing = col.isna() | col.str.strip().str.lower().isin(_NA_TOKENS)
     return values, values.isna() & ~missing
+
+
+def _check_float32(path: Path, ids: pd.Series, values: pd.Series, col: str) -> None:
+    """Training runs in float32: a label beyond its range becomes inf there, and the fold would stop as "diverged,
+    lower optimizer.lr" after training, for a value that no learning rate fixes."""
+    limit = float(np.finfo(np.float32).max)
+    beyond = values.abs() > limit
+    if beyond.any():
+        raise first_bad_row(path, ids, beyond, f"{col!r} beyond float32's range (|value| > {limit:.3g})")
 
 
 def load_table(
@@ -121,12 +122,14 @@ def load_table(
         bad_target = ~np.isfinite(target)
         if bad_target.any():
             raise first_bad_row(path, ids, bad_target, f"missing or non-numeric {target_col!r}")
+        _check_float32(path, ids, target, target_col)
         out["target"] = target
 
     if "standard_error" in raw.columns:
         se, bad_se = _numeric(raw["standard_error"])
         if bad_se.any():
             raise first_bad_row(path, ids, bad_se, "non-numeric 'standard_error'")
+        _check_float32(path, ids, se, "standard_error")
         out["standard_error"] = se
 
     dup = ids.duplicated(keep=False)

@@ -26,8 +26,9 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from . import stats
-from .data import refuse
+from .errors import OneLineError, refuse
 from .files import write_csv, write_json
+from .runfiles import read_csv
 from .runs import find_runs, is_ensemble
 from .summary import MARK, collect, format_table, run_labels
 
@@ -36,8 +37,12 @@ GREEDY_STEPS = 100  # selections with replacement: weights are multiples of 1/st
 GROUP = "ensemble"  # the tracker group of every ensemble run
 
 
-class EnsembleError(ValueError):
+class EnsembleError(OneLineError):
     """Members that cannot be blended; the message is the one line the user sees."""
+
+
+FOLDS = ("id", "fold", "target")  # the columns of folds.csv, and the first of oof.csv
+FIX = "re-collect or rerun that run"  # a member's damaged file
 
 
 @dataclass
@@ -132,10 +137,14 @@ def member_names(paths: list[Path]) -> list[str]:
     return run_labels(pd.DataFrame(rows)).tolist()
 
 
-def _read(path: Path, name: str, **kw) -> pd.DataFrame:
+def _read(path: Path, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A member's ``name`` with ``columns``, ids as strings, ``pred`` a number (NaN where it is none)."""
     if not (path / name).exists():
         raise EnsembleError(f"{path}: no {name} (not a finished run folder)")
-    return pd.read_csv(path / name, **kw)
+    table = read_csv(path / name, columns, FIX, dtype={"id": str})
+    if "pred" in columns:
+        table["pred"] = pd.to_numeric(table["pred"], errors="coerce")
+    return table
 
 
 def _check_finite(path: Path, values: np.ndarray) -> None:
@@ -143,7 +152,7 @@ def _check_finite(path: Path, values: np.ndarray) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         raise EnsembleError(f"{path}: {int(bad.sum())} blank or non-finite prediction(s), first at data row "
-                            f"{int(np.flatnonzero(bad)[0]) + 1}; re-collect or rerun that run")
+                            f"{int(np.flatnonzero(bad)[0]) + 1}; {FIX}")
 
 
 def _same_folds(a: pd.DataFrame, b: pd.DataFrame) -> bool:
@@ -156,8 +165,10 @@ def _submission(path: Path) -> pd.DataFrame | None:
     """A member's ``submission.csv``: the first column is the id, the second the prediction, whatever their names."""
     if not (path / "submission.csv").exists():
         return None
-    sub = pd.read_csv(path / "submission.csv", dtype=str)
-    return sub.iloc[:, :2].astype({sub.columns[1]: float})
+    sub = read_csv(path / "submission.csv", (), FIX, dtype=str)
+    if sub.shape[1] < 2:
+        raise EnsembleError(f"{path / 'submission.csv'}: needs an id and a prediction column; {FIX}")
+    return sub.iloc[:, :2].assign(**{sub.columns[1]: pd.to_numeric(sub.iloc[:, 1], errors="coerce")})
 
 
 def load_members(paths: list[Path]) -> Members:
@@ -165,13 +176,13 @@ def load_members(paths: list[Path]) -> Members:
     paths = list(dict.fromkeys(Path(p).resolve() for p in paths))  # a run listed twice is one member
     if not paths:
         raise EnsembleError("no runs to blend")
-    first, folds0 = paths[0], _read(paths[0], "folds.csv", dtype={"id": str})
+    first, folds0 = paths[0], _read(paths[0], "folds.csv", FOLDS)
     oofs, subs = [], []
     for path in paths:
-        if not _same_folds(folds0, _read(path, "folds.csv", dtype={"id": str})):
+        if not _same_folds(folds0, _read(path, "folds.csv", FOLDS)):
             raise EnsembleError(f"{path}: folds.csv differs from {first}'s (other rows or other folds); blend only "
                                 f"runs on the same data and cv.seed")
-        oofs.append(_read(path, "oof.csv", dtype={"id": str}))
+        oofs.append(_read(path, "oof.csv", (*FOLDS, "pred")))
         _check_finite(path / "oof.csv", oofs[-1]["pred"].to_numpy(float))
         subs.append(_submission(path))
         if subs[-1] is not None:
@@ -356,11 +367,11 @@ def main(argv=None) -> None:
         members = load_members(runs)
         result = blend(members, args.method, args.steps)
         logger = logger_config(args.logger, args.wandb_mode, members)
-    except EnsembleError as err:
-        refuse(err)
-    out = args.out or default_out()
-    write(result, out)
-    log_run(result, members, out, logger)
+        out = args.out or default_out()
+        write(result, out)
+        log_run(result, members, out, logger)
+    except (OneLineError, OSError) as err:
+        refuse(err, "blend again")
     table = members_table(result["metrics"])
     signed = {c: "+.4f" for c in table.columns if c.startswith("improvement")}
     print(format_table(table.reset_index(), signed).to_markdown(index=False, stralign="right", disable_numparse=True))

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
-from .data import DataError, load_table, refuse
+from .data import load_table
+from .errors import DataError, OneLineError, refuse
 from .files import write_csv
 from .paths import offline_for_local
+from .runfiles import check_model
+from .runfiles import read_run_config as run_config  # the config a run folder was started with
 
 BAGGING = ("mean", "median")
 
@@ -26,16 +28,6 @@ def bag(test_preds: np.ndarray, how: str) -> np.ndarray:
     if how not in BAGGING:
         raise ValueError(f"cv.bagging must be mean or median, got {how!r}")
     return np.mean(test_preds, 0) if how == "mean" else np.median(test_preds, 0)
-
-
-def run_config(run_dir: Path):
-    """The config a run folder was started with."""
-    if not run_dir.exists():
-        raise DataError(f"{run_dir}: does not exist")
-    path = run_dir / "run_config.yaml"
-    if not path.exists():
-        raise DataError(f"{run_dir}: not a run folder (no run_config.yaml)")
-    return OmegaConf.load(path)
 
 
 def fold_models(run_dir: Path, cfg) -> list[Path]:
@@ -49,6 +41,8 @@ def fold_models(run_dir: Path, cfg) -> list[Path]:
     if missing:
         raise DataError(f"{run_dir}: no model.safetensors in {', '.join(missing)} (unfinished or deleted); "
                         f"the bag would silently lose those folds")
+    for model in models:  # every one whole before the first is loaded
+        check_model(model)
     return models
 
 
@@ -116,10 +110,10 @@ def main(argv=None) -> None:
         result = predict_run(args.run_dir, args.input, args.bagging, args.id_col, args.text_col)
         n_models = len(fold_models(args.run_dir, run_config(args.run_dir)))
         source = args.input or test_file(run_config(args.run_dir))
-    except DataError as err:
-        refuse(err)
-    out = args.out or args.run_dir / "predictions" / source.name
-    write_csv(result, out)
+        out = args.out or args.run_dir / "predictions" / source.name
+        write_csv(result, out)
+    except (OneLineError, OSError) as err:
+        refuse(err, "predict again", args.run_dir)
     print(f"Wrote {len(result)} bagged predictions from {n_models} fold models to {out}")
 
 

@@ -171,6 +171,18 @@ def _check_distill(cfg) -> None:
                           f"task={task_class(cfg).name} needs; use task=single")
 
 
+def _check_launcher(launcher: str | None) -> None:
+    """A launcher Hydra does not know fails in the multirun it starts, after the run folder was prepared."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if launcher is None or not GlobalHydra.instance().is_initialized():
+        return
+    known = GlobalHydra.instance().config_loader().get_group_options("hydra/launcher")
+    if launcher not in known:
+        raise ConfigError(f"launcher={launcher}: must be one of {', '.join(known)} (conf/hydra/launcher/ and the "
+                          f"installed launcher plugins)")
+
+
 def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
     """Raise ``ConfigError`` for the first key of ``cfg`` that breaks its rule (fixed groups, then the choices)."""
     for key, rule in RULES.items():
@@ -215,6 +227,7 @@ def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
     if cfg.get("task") is not None:
         check_params("task", task_class(cfg).params, cfg.task)
     _check_distill(cfg)
+    _check_launcher(cfg.get("launcher"))
 
     _check_max_length(cfg.model)
     if check_files:
@@ -260,5 +273,7 @@ def check_run_folder(path: Path, key: str) -> None:
     """A run folder is one that ``prepare`` started: it holds ``run_config.yaml``."""
     if not path.exists():
         raise ConfigError(f"{key}={path}: does not exist")
+    if not path.is_dir():
+        raise ConfigError(f"{key}={path}: is a file; give the run folder (the one holding run_config.yaml)")
     if not (path / "run_config.yaml").is_file():
         raise ConfigError(f"{key}={path}: not a run folder (no run_config.yaml)")

@@ -17,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EnvironmentFault
 from ..rules import Rule
 from .base import Run, Tracker
 
@@ -29,6 +29,10 @@ def id_stem(run_dir, name: str) -> str:
     """What every W&B id of this run folder's run ``name`` (a fold, or the CV summary) starts with."""
     digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:10]
     return f"{re.sub(r'[^A-Za-z0-9_-]', '-', name)[:40]}-{digest}"
+
+
+def _host() -> str:
+    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
 
 
 def _init(wandb, stem: str, run_id: str | None, **kwargs):
@@ -87,7 +91,7 @@ class WandbTracker(Tracker):
             return
         if os.environ.get("WANDB_API_KEY"):
             return
-        host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+        host = _host()
         with suppress(OSError, netrc.NetrcParseError):
             if netrc.netrc().authenticators(host):
                 return
@@ -106,7 +110,12 @@ class WandbTracker(Tracker):
         if run_id is None and self.mode == "offline":
             for old in Path(run_dir, "wandb").glob(f"offline-run-*-{stem}*"):
                 shutil.rmtree(old, ignore_errors=True)
-        return WandbRun(_init(
-            wandb, stem, run_id, project=self.project, entity=self.entity, mode=self.mode, group=group,
-            job_type=job_type, name=name, tags=[*self.tags, *tags], config=config, dir=str(run_dir),
-            reinit="finish_previous", settings=wandb.Settings(console="off", x_disable_stats=True)))
+        try:
+            return WandbRun(_init(
+                wandb, stem, run_id, project=self.project, entity=self.entity, mode=self.mode, group=group,
+                job_type=job_type, name=name, tags=[*self.tags, *tags], config=config, dir=str(run_dir),
+                reinit="finish_previous", settings=wandb.Settings(console="off", x_disable_stats=True)))
+        except wandb.errors.CommError as err:  # no network, the service down, a key it refuses
+            first = str(err).strip().splitlines()[0][:200]
+            raise EnvironmentFault(f"W&B ({_host()}): {first}; check the network and the API key (or use "
+                                   f"logger.mode=offline, then `wandb sync`)") from None

@@ -1,0 +1,154 @@
+"""The machine's faults (a full disk, a file-size limit, a read-only folder, W&B unreachable): one ``error:`` line
+naming the path or service, exit 75, nothing that looks finished, the earlier files as they were; and the same
+command continues the run once the fault is gone."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, copy_run, run_cli
+from kfold_nlp import collect
+from kfold_nlp.errors import Exit
+from kfold_nlp.files import LogFile, atomic_path
+
+KEPT_OUT = (".hydra", "run.log", "wandb")  # rewritten by every start (Hydra, W&B): not results
+
+
+def files(run_dir: Path) -> dict[str, bytes]:
+    """Every file of the run folder but Hydra's, the log, W&B's and the locks, by relative path."""
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.relative_to(run_dir).parts[0] not in KEPT_OUT
+            and p.name not in (".lock", ".lock.pid")}  # the run folder's locks (src/kfold_nlp/lock.py)
+
+
+@pytest.fixture
+def unfinished_run(tiny_run, tmp_path) -> Path:
+    """The shared run as if stopped while fold 2 trained: folds 0 and 1 finished, nothing collected."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb", "fold_2"))
+    for name in ("oof.csv", "submission.csv", "metrics.json"):
+        (run_dir / name).unlink()
+    return run_dir
+
+
+def file_size_limit():
+    """``ulimit -f`` of 64 KiB: the first model or snapshot written is too large (EFBIG, SIGXFSZ ignored)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def no_root_override():
+    """Root writes into a read-only folder anyway: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (prctl
+    PR_CAPBSET_DROP) so that the folder's mode holds for the command too."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (1, 2):
+            if libc.prctl(24, cap, 0, 0, 0) != 0:
+                os._exit(99)  # the test skips on this code
+
+
+def unreachable_wandb() -> dict:
+    """An API key, and a W&B server address nothing listens on."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    return env | {"WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "2"}
+
+
+FAULTS = {  # how the command runs, its logger, what the line names (after "error: ") and says
+    "file_size_limit": ({"preexec_fn": file_size_limit}, "disabled", "{run}", "file too large"),
+    "read_only": ({"preexec_fn": no_root_override}, "disabled", "{run}/folds.csv",
+                  "permission denied; make it writable"),
+    "wandb_unreachable": ({"env": unreachable_wandb()}, "online", "W&B (127.0.0.1)",
+                          "check the network and the API key"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_fault_of_the_machine_ends_in_one_line_and_the_resume_finishes_the_run(fault, unfinished_run, tiny_run):
+    run_dir = unfinished_run
+    popen, logger, where, what = FAULTS[fault]
+    before = files(run_dir)
+    if fault == "read_only":
+        run_dir.chmod(0o555)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "kfold_nlp", f"resume={run_dir}", f"logger.mode={logger}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600, **popen)
+    finally:
+        run_dir.chmod(0o755)
+    if proc.returncode == 99:
+        pytest.skip("cannot drop root's permission override here")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == Exit.ENVIRONMENT and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last.startswith(f"error: {where.format(run=run_dir)}") and what in last, last
+    assert last.endswith(f" and resume with RESUME={run_dir}"), last
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [last]
+    assert files(run_dir) == before  # nothing new looks finished, nothing earlier changed
+
+    run_cli(f"resume={run_dir}", "logger.mode=disabled")
+    for name in ("oof.csv", "submission.csv"):
+        assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_collect_on_a_full_disk_ends_in_one_line_and_collects_once_there_is_space(tiny_run, tmp_path, capsys,
+                                                                               monkeypatch):
+    """ENOSPC as a write reports it (no file name): the line names the file being written."""
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    before = files(run_dir)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pd.DataFrame, "to_csv", full)
+        with pytest.raises(SystemExit) as exit_:
+            collect.main([str(run_dir)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == Exit.ENVIRONMENT and "Traceback" not in err
+    assert err.strip() == (f"error: {run_dir / 'folds.csv'}: no space left on device; free some and collect again "
+                           f"(make collect RUN={run_dir})")
+    assert files(run_dir) == before
+
+    collect.main([str(run_dir)])
+    for name in ("oof.csv", "submission.csv"):
+        assert (run_dir / name).read_bytes() == before[name], name
+
+
+def test_a_rust_writers_error_names_the_file_being_written(tmp_path):
+    """safetensors reports an OSError only in its message: it becomes the OSError, naming the file."""
+    from safetensors import SafetensorError
+
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(OSError) as caught:
+        with atomic_path(target):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []  # no temporary left
+
+
+def test_the_log_file_drops_a_line_it_cannot_write_without_a_traceback(tmp_path, capsys):
+    handler = LogFile(tmp_path / "run.log")
+    logger = logging.getLogger("test_environment.log_file")
+    logger.addHandler(handler)
+    try:
+        def full(*args):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        handler.stream.write = full
+        logger.warning("a line on a full disk")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert capsys.readouterr().err == ""
