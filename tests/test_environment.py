@@ -67,7 +67,7 @@ def unreachable_wandb() -> dict:
 
 FAULTS = {  # how the command runs, its logger, what the line names (after "error: ") and says
     "file_size_limit": ({"preexec_fn": file_size_limit}, "disabled", "{run}", "file too large"),
-    "read_only": ({"preexec_fn": no_root_override}, "disabled", "{run}/folds.csv",
+    "read_only": ({"preexec_fn": no_root_override}, "disabled", "{run}/.lock.pid",  # the first file a start writes
                   "permission denied; make it writable"),
     "wandb_unreachable": ({"env": unreachable_wandb()}, "online", "W&B (127.0.0.1)",
                           "check the network and the API key"),

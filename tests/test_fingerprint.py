@@ -112,7 +112,8 @@ def test_a_run_folder_from_before_fingerprints_gets_one_and_still_refuses_change
     (run / fingerprint.NAME).unlink()
     for k in range(3):  # folds from before fingerprints carry no record either
         result = run / f"fold_{k}" / "result.json"
-        result.write_text(json.dumps({k: v for k, v in json.loads(result.read_text()).items() if k != "made_from"}))
+        record = {k: v for k, v in json.loads(result.read_text()).items() if k != "made_from"}
+        result.write_text(json.dumps(record, indent=2) + "\n")  # as files.write_json writes it
     table = pd.read_csv(train_file, dtype={"id": str})
     table.assign(target=table["target"] + 0.001).to_csv(train_file, index=False)
     proc = run_cli(str(run), module="kfold_nlp.collect", check=False)

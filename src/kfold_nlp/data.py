@@ -72,7 +72,7 @@ def _check_float32(path: Path, ids: pd.Series, values: pd.Series, col: str) -> N
     """Training runs in float32: a label beyond its range becomes inf there, and the fold would stop as "diverged,
     lower optimizer.lr" after training, for a value that no learning rate fixes."""
     limit = float(np.finfo(np.float32).max)
-    beyond = values.abs() > limit
+    beyond = np.isfinite(values) & (values.abs() > limit)  # inf and NaN: the checks that know the column's rule
     if beyond.any():
         raise first_bad_row(path, ids, beyond, f"{col!r} beyond float32's range (|value| > {limit:.3g})")
 
