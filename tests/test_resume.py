@@ -135,6 +135,18 @@ def test_a_run_folder_is_only_continued_with_its_own_config(tmp_path):
     assert (tmp_path / "run_config.yaml").read_text() == saved
 
 
+def test_a_cut_run_config_of_a_folder_started_into_again_is_one_line(tmp_path):
+    """A start pinned into an existing folder (no ``resume=``) reads its run_config.yaml too: cut short, it is
+    refused naming the file, not a YAML traceback."""
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", ["model=tiny"])
+    check_run_config(cfg, tmp_path)
+    path = tmp_path / "run_config.yaml"
+    path.write_text(path.read_text()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"run_config.yaml: cut short \(no line end after its last line\); restore it"):
+        check_run_config(cfg, tmp_path)
+
+
 def kill_at(overrides: list[str], ready) -> None:
     """Start a CV run and SIGKILL it as soon as ``ready()`` holds (polled every 2 ms)."""
     proc = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -61,7 +61,7 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
             with atomic_path(path) as tmp:
                 tmp.write_text(OmegaConf.to_yaml(_as_saved(cfg)))
         return
-    saved, now = (fingerprint.flat(OmegaConf.to_container(c)) for c in (OmegaConf.load(path), _as_saved(cfg)))
+    saved, now = (fingerprint.flat(OmegaConf.to_container(c)) for c in (read_run_config(run_dir), _as_saved(cfg)))
     if str(saved.get("name", "")).startswith("${") or str(now.get("name", "")).startswith("${"):
         saved["name"] = now["name"]  # saved before names were resolved, or no Hydra to resolve: compare the rest
     changed = sorted(k for k in fingerprint.binding(saved).keys() | fingerprint.binding(now).keys() | {"name"}
