@@ -28,8 +28,9 @@ import torch
 from . import fingerprint
 from .data import DataError, load_table
 from .files import read_json, write_csv
-from .model import check_model_file, load_tokenizer, tokenize
+from .model import load_tokenizer, tokenize
 from .predict import predict_texts, run_config
+from .runfiles import check_model
 from .trainer import EncodedRows
 
 
@@ -122,7 +123,7 @@ def check_teacher_fold(teacher: Path, fold: int) -> None:
     if not model.is_file():
         raise DataError(f"{model}: not found; distill.teacher needs the teacher's fold {fold} model (run with "
                         f"trainer.save_models=true and that fold)")
-    check_model_file(model)
+    check_model(model)
 
 
 def load(cfg, folds: pd.DataFrame, train: pd.DataFrame, data_print: dict) -> Distiller | None:

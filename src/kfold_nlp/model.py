@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-from .errors import DataError
 
 
 class Pooler(nn.Module):
@@ -97,17 +92,6 @@ def head_outputs(model: nn.Module) -> int:
 def target_column(pred: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """The target predictions of a model output: the only column that is scored, bagged and compared."""
     return pred[..., 0] if head_outputs(model) > 1 else pred
-
-
-def check_model_file(path: Path) -> None:
-    """Refuse a saved model that is truncated or not safetensors, naming it (reading only its header): a damaged
-    fold model is found before any work that needs it, not halfway through."""
-    try:
-        with safe_open(str(path), "pt"):
-            pass
-    except (OSError, SafetensorError) as err:
-        raise DataError(f"{path}: unreadable ({' '.join(str(err).split())}); retrain that fold (delete its "
-                        f"result.json and resume its run)") from None
 
 
 def load_tokenizer(cfg):
