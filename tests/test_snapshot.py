@@ -27,7 +27,7 @@ def test_save_then_load_gives_back_every_part_and_the_random_streams(tmp_path):
     gen = torch.Generator().manual_seed(3)
     torch.randn(2, generator=gen)
     snapshot.save(tmp_path, model_state=layer.state_dict(), optimizer=opt, scheduler=sched,
-                  best_state=layer.state_dict(), best_pred=np.array([0.5, -1.0]),
+                  selections={"best": (layer.state_dict(), np.array([0.5, -1.0])), "ema": (layer.state_dict(), None)},
                   state={"step": 7, "epoch": 1, "batch": 3}, sampler_state=gen.get_state())
     expected = (random.random(), np.random.rand(), torch.rand(1).item(), torch.randn(1, generator=gen).item())
 
@@ -39,7 +39,8 @@ def test_save_then_load_gives_back_every_part_and_the_random_streams(tmp_path):
     assert again == expected
     assert snap.state == {"step": 7, "epoch": 1, "batch": 3}
     assert all(torch.equal(snap.model[k], v) for k, v in layer.state_dict().items())
-    np.testing.assert_array_equal(snap.best_pred, [0.5, -1.0])
+    np.testing.assert_array_equal(snap.selections["best"][1], [0.5, -1.0])
+    assert snap.selections["ema"][1] is None
     fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
     fresh.load_state_dict(snap.optimizer)
     assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
@@ -48,7 +49,7 @@ def test_save_then_load_gives_back_every_part_and_the_random_streams(tmp_path):
 
 def test_a_kill_between_the_two_renames_keeps_the_previous_snapshot(tmp_path):
     layer, opt, sched = _optimizer()
-    args = dict(model_state=layer.state_dict(), optimizer=opt, scheduler=sched, best_state=None, best_pred=None)
+    args = dict(model_state=layer.state_dict(), optimizer=opt, scheduler=sched, selections={})
     snapshot.save(tmp_path, **args, state={"step": 1})
     os.replace(tmp_path / "snapshot", tmp_path / "snapshot.old")  # what a kill after the first rename leaves
     (tmp_path / ".snapshot.x.tmp").mkdir()  # and a half-written next one

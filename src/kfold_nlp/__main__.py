@@ -81,6 +81,7 @@ def main(cfg: DictConfig) -> float:
     if fold_job:
         pick_gpu(cfg)
     from . import cv, launch  # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
+    from .holdout import line as holdout_line
     from .schema import ConfigError, validate
     from .track.base import make
     from .trainer import Diverged
@@ -136,8 +137,9 @@ def main(cfg: DictConfig) -> float:
         _point_latest(run_dir)
     c, folds = metrics["cv"], cfg.cv.folds
     covers = "" if folds is None else f" over folds {list(folds)} only ({len(folds)} of {cfg.cv.n_splits} folds)"
-    log.info("Run folder: %s | CV RMSE %.4f | CV MSE %.4f%s (predicting the training mean: RMSE %.4f)",
-             run_dir, c["rmse"], c["mse"], covers, c["mean_predictor_rmse"])
+    log.info("Run folder: %s | CV RMSE %.4f | CV MSE %.4f%s (predicting the training mean: RMSE %.4f)%s",
+             run_dir, c["rmse"], c["mse"], covers, c["mean_predictor_rmse"],
+             holdout_line(metrics.get("selection", {})))
     return c["rmse"]
 
 

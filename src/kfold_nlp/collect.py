@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import lock
 from .errors import DataError, OneLineError, refuse
+from .holdout import line
 
 
 def collect_run(run_dir: Path) -> dict:
@@ -36,7 +37,7 @@ def main(argv=None) -> None:
         refuse(err, f"collect again (make collect RUN={args.run_dir})", args.run_dir)
     c = metrics["cv"]
     print(f"Run folder: {args.run_dir} | CV RMSE {c['rmse']:.4f} | CV MSE {c['mse']:.4f} "
-          f"(predicting the training mean: RMSE {c['mean_predictor_rmse']:.4f})")
+          f"(predicting the training mean: RMSE {c['mean_predictor_rmse']:.4f}){line(metrics.get('selection', {}))}")
 
 
 if __name__ == "__main__":

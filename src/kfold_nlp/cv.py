@@ -30,7 +30,8 @@ from . import distill, fingerprint, hardware, lock, snapshot
 from .data import DataError, load_data
 from .files import atomic_path, write_csv, write_json
 from .fingerprint import FREE_KEYS
-from .folds import make_folds
+from .folds import HOLDOUT, assign
+from .holdout import summarize as selection_scores
 from .model import build_model, load_tokenizer, tokenize
 from .predict import bag
 from .runfiles import check_ids, read_preds, read_result, read_run_config
@@ -177,7 +178,7 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
     check_columns(cfg, train)  # the label columns the task reads (standard_error)
     if test is None and main:
         log.info("no test file beside %s (data.test_path): no submission.csv", cfg.data.path)
-    folds = make_folds(train["target"], cfg.cv.n_splits, cfg.cv.seed, cfg.cv.bins)
+    folds = assign(train["id"], train["target"], cfg.cv)  # HOLDOUT (-1) for the rows of cv.holdout
     table = pd.DataFrame({"id": train["id"], "fold": folds, "target": train["target"]})
     data_print = fingerprint.of_data(cfg.data.path, train)
     try:
@@ -272,7 +273,8 @@ def saved_run_id(cfg: DictConfig, state: dict) -> str | None:
 def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelerator, group: str) -> dict:
     """Train fold ``fold`` and write ``fold_<k>/``: model, OOF and test predictions, then ``result.json``."""
     fdir, targets, workers = fold_dir(run_dir, fold), data.targets, cfg.trainer.num_workers
-    tr, va = np.flatnonzero(data.folds != fold), np.flatnonzero(data.folds == fold)
+    tr, va = np.flatnonzero((data.folds != fold) & (data.folds != HOLDOUT)), np.flatnonzero(data.folds == fold)
+    held = np.flatnonzero(data.folds == HOLDOUT)
     release_freed_memory()  # the previous fold's memory, so that this fold's peak is its own
     reset_peak_memory()
     saved = snapshot.load(fdir)  # a fold continuing from its snapshot continues its tracker run too
@@ -287,6 +289,8 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
         train_loader = make_loader(train_rows, data.tokenizer, cfg.trainer.batch_size, True, cfg.seed + fold, workers)
         val_loader = make_loader(EncodedRows(data.enc, va, targets), data.tokenizer, cfg.trainer.eval_batch_size,
                                  False, num_workers=workers)
+        holdout_loader = make_loader(EncodedRows(data.enc, held, targets), data.tokenizer,
+                                     cfg.trainer.eval_batch_size, False, num_workers=workers) if len(held) else None
 
         def log_eval(metrics: dict, step: int) -> None:
             tracker_run.log(metrics, step=step)
@@ -294,7 +298,8 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
 
         res = train_fold(model, regularizer, train_loader, val_loader, targets[va], cfg, accelerator,
                          log=log_eval, fold=fold, task=task, snapshot_dir=fdir,
-                         extra_state={"tracker": target(cfg.logger), "tracker_id": tracker_run.id}, saved=saved)
+                         extra_state={"tracker": target(cfg.logger), "tracker_id": tracker_run.id}, saved=saved,
+                         holdout_loader=holdout_loader)
         if res.resumed_from is not None:
             log.info("fold %d: continued from its snapshot at step %d", fold, res.resumed_from)
             tracker_run.update_summary({"resumed_from_step": res.resumed_from})
@@ -304,8 +309,17 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
                   "train_time_s": round(res.train_time, 2), "eval_time_s": round(res.eval_time, 2),
                   "keep_best_time_s": round(res.keep_time, 2), "snapshot_time_s": round(res.snapshot_time, 2),
                   "threads": torch.get_num_threads(), **memory_mb()}
+        if len(held):
+            for name, pred in res.holdout_pred.items():
+                res.selection[name]["holdout_mse"] = float(np.mean((pred - targets[held]) ** 2))
+            result["holdout_mse"] = res.selection[cfg.trainer.select]["holdout_mse"]
+            result["holdout_rmse"] = math.sqrt(result["holdout_mse"])
+        result["select"] = cfg.trainer.select
+        if len(res.selection) > 1 or len(held):
+            result["selection"] = res.selection
         tracker_run.update_summary({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse,
-                                    "best/step": res.best_step})
+                                    "best/step": res.best_step}
+                                   | ({"best/holdout_rmse": result["holdout_rmse"]} if len(held) else {}))
         if data.test is not None:
             rows = EncodedRows(data.test_enc, np.arange(len(data.test)))
             loader = accelerator.prepare(make_loader(rows, data.tokenizer, cfg.trainer.eval_batch_size, False,
@@ -316,7 +330,14 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             if cfg.trainer.save_models:
                 with atomic_path(fdir / "model.safetensors") as tmp:
                     save_model(model, str(tmp))
-            write_csv(pd.DataFrame({"id": data.train["id"].iloc[va], "pred": res.val_pred}), fdir / "oof.csv")
+            others = {f"pred_{k}": v for k, v in res.val_preds.items() if k != cfg.trainer.select}
+            write_csv(pd.DataFrame({"id": data.train["id"].iloc[va], "pred": res.val_pred} | others), fdir / "oof.csv")
+            if len(held):  # the fold's own policy as "pred", every scored policy as "pred_<policy>"
+                write_csv(pd.DataFrame({"id": data.train["id"].iloc[held],
+                                        "pred": res.holdout_pred[cfg.trainer.select]}
+                                       | {f"pred_{k}": v for k, v in res.holdout_pred.items()
+                                          if k != cfg.trainer.select}),
+                          fdir / "holdout_pred.csv")
             if data.test is not None:
                 write_csv(pd.DataFrame({"id": data.test["id"], "pred": test_pred}), fdir / "test_pred.csv")
             write_json(result | {"made_from": fingerprint.made_from(run_dir)}, fdir / "result.json")  # last: done
@@ -325,11 +346,18 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
     stopped = "" if result["steps"] >= result["planned_steps"] else (
         f" (stopped early: {cfg.trainer.patience} evaluation{'s' * (cfg.trainer.patience != 1)} without a better "
         f"one; {result['planned_steps']} planned)")
-    log.info("fold %d: val RMSE %.4f (MSE %.4f) at step %d of %d%s, %.0f s (evaluation %.0f%%, peak RSS %.0f MiB)",
-             fold, result["rmse"], result["mse"], result["best_step"], result["steps"], stopped,
+    held_out = f", holdout RMSE {result['holdout_rmse']:.4f}" if "holdout_rmse" in result else ""
+    log.info("fold %d: val RMSE %.4f (MSE %.4f%s) %s %d of %d%s, %.0f s (evaluation %.0f%%, peak RSS %.0f MiB)",
+             fold, result["rmse"], result["mse"], held_out, _chosen(cfg.trainer.select), result["best_step"],
+             result["steps"], stopped,
              result["train_time_s"], 100 * result["eval_time_s"] / max(result["train_time_s"], 1e-9),
              result["peak_rss_mb"])
     return result
+
+
+def _chosen(select: str) -> str:
+    return {"best": "best at step", "best_epoch": "best epoch end at step", "last": "last, step",
+            "ema": "EMA of the steps to", "swa": "SWA of the evaluations to"}[select]
 
 
 def cv_metrics(oof: pd.DataFrame, fold_results: dict[int, dict], mean_rmse: float) -> dict:
@@ -375,9 +403,22 @@ def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]
         results[fold].pop("made_from", None)
     oof = oof[oof["fold"].isin(run_folds)].reset_index(drop=True)
     # The floor every model must clear: each fold's rows predicted by the mean of its training rows.
-    mean_pred = np.array([targets[(folds != f)].mean() for f in oof["fold"]])
+    mean_pred = np.array([targets[(folds != f) & (folds != HOLDOUT)].mean() for f in oof["fold"]])
     mean_rmse = float(np.sqrt(np.mean((mean_pred - oof["target"]) ** 2)))
     metrics = cv_metrics(oof, results, mean_rmse)
+    held, holdout = folds == HOLDOUT, None
+    if held.any() or any("selection" in r for r in results.values()):
+        val_preds = {k: read_preds(fold_dir(run_dir, k) / "oof.csv", train["id"][folds == k],
+                                   f"fold {k}'s rows of folds.csv", columns=True) for k in run_folds}
+        held_preds = {k: read_preds(fold_dir(run_dir, k) / "holdout_pred.csv", train["id"][held],
+                                    "the holdout rows of folds.csv", columns=True) for k in run_folds} \
+            if held.any() else None
+        metrics["selection"] = selection_scores(val_preds, {k: targets[folds == k] for k in run_folds},
+                                                targets[held] if held.any() else None, held_preds,
+                                                cfg.trainer.select, cfg.cv.bagging)
+        if held.any():
+            holdout = train[["id"]][held].assign(target=targets[held], pred=bag(
+                np.stack([p["pred"] for p in held_preds.values()]), cfg.cv.bagging))
     submission = None
     if data.test is not None:  # every file read and checked before the first is written
         preds = [read_preds(fold_dir(run_dir, fold) / "test_pred.csv", data.test["id"], "the test file")
@@ -386,6 +427,8 @@ def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]
         submission = pd.DataFrame({cfg.data.id_col: data.test["id"],
                                    cfg.data.target_col: bag(np.stack(preds), cfg.cv.bagging)})
     write_csv(oof, run_dir / "oof.csv")
+    if holdout is not None:
+        write_csv(holdout, run_dir / "holdout.csv")
     if submission is not None:
         write_csv(submission, run_dir / "submission.csv")
     return metrics
@@ -400,9 +443,17 @@ def finish(cfg: DictConfig, run_dir: Path, data: Prepared, group: str, extra: di
     with tracked(make(cfg.logger), run_dir=run_dir, group=group, name=f"{group}-cv", job_type="cv",
                  config=tracked_config(cfg)) as tracker_run:  # the CV score, the fold spread and the OOF table
         cv = metrics["cv"]
-        tracker_run.update_summary({"cv/mse": cv["mse"], "cv/rmse": cv["rmse"], "cv/fold_rmse_sd": cv["fold_rmse_sd"]})
+        tracker_run.update_summary({"cv/mse": cv["mse"], "cv/rmse": cv["rmse"], "cv/fold_rmse_sd": cv["fold_rmse_sd"]}
+                                   | holdout_summary(metrics.get("selection", {})))
         tracker_run.table("oof", pd.read_csv(run_dir / "oof.csv", dtype={"id": str}))
     return metrics
+
+
+def holdout_summary(selection: dict) -> dict:
+    """The tracker's ``cv/holdout_rmse`` and ``cv/selection_optimism`` (empty without a holdout)."""
+    if "rmse" not in selection:
+        return {}
+    return {"cv/holdout_rmse": selection["rmse"], "cv/selection_optimism": selection["optimism"]["mean"]}
 
 
 def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:

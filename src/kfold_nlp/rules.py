@@ -40,6 +40,7 @@ class Rule:
     choices: tuple | None = None
     optional: bool = False
     also: tuple = ()  # literal values allowed besides the kind, e.g. ("sturges",) for the number of bins
+    or_kind: type | None = None  # a second type allowed with any value, e.g. str for "a fraction or a file"
 
     def allowed(self) -> str:
         if self.choices is not None:
@@ -48,13 +49,15 @@ class Rule:
             bounds = [f"{op} {b:g}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
                       if b is not None]
             text = f"{_NAMES[self.kind]}{' ' + ' and '.join(bounds) if bounds else ''}"
-        text = " or ".join([*map(show, self.also), text])
+        text = " or ".join([*map(show, self.also), *([_NAMES[self.or_kind]] if self.or_kind else []), text])
         return f"null or {text}" if self.optional else text
 
     def ok(self, value) -> bool:
         if value is None:
             return self.optional
         if value in self.also and not isinstance(value, bool):
+            return True
+        if self.or_kind is not None and isinstance(value, self.or_kind) and not isinstance(value, bool):
             return True
         if self.kind is list:
             return isinstance(value, (list, tuple, ListConfig))

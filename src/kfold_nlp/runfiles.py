@@ -124,21 +124,25 @@ def check_ids(path: Path, ids, expected, what: str) -> None:
                         f"{len(expected)} expected); the data changed since this run started: start a new run")
 
 
-def read_preds(path: Path, expected, what: str) -> np.ndarray:
+def read_preds(path: Path, expected, what: str, columns: bool = False) -> np.ndarray | dict[str, np.ndarray]:
     """A fold's ``pred`` column, its ids checked against ``expected``; a file with fewer or more rows (cut short)
     and a blank or non-finite prediction are refused (a mean would skip it silently, or it would turn the CV score
-    and the bag into NaN)."""
+    and the bag into NaN). ``columns``: every prediction column, ``pred`` and each ``pred_<policy>`` (by
+    ``pred`` and by the policy's name)."""
     table = read_csv(path, ("id", "pred"), retrain(path), dtype={"id": str})
     ids, expected = table["id"].astype(str).tolist(), list(map(str, expected))
     if len(ids) != len(expected):
         raise DataError(f"{path}: {len(ids)} rows, {len(expected)} expected; {retrain(path)}")
     check_ids(path, ids, expected, what)
-    pred = pd.to_numeric(table["pred"], errors="coerce").to_numpy(float)
-    bad = ~np.isfinite(pred)
-    if bad.any():
-        raise DataError(f"{path}: blank or non-finite pred in {int(bad.sum())} row(s), first at data row "
-                        f"{int(np.flatnonzero(bad)[0]) + 1}; {retrain(path)}")
-    return pred
+    out = {}
+    for col in [c for c in table.columns if c == "pred" or (columns and c.startswith("pred_"))]:
+        pred = pd.to_numeric(table[col], errors="coerce").to_numpy(float)
+        bad = ~np.isfinite(pred)
+        if bad.any():
+            raise DataError(f"{path}: blank or non-finite {col} in {int(bad.sum())} row(s), first at data row "
+                            f"{int(np.flatnonzero(bad)[0]) + 1}; {retrain(path)}")
+        out[col.removeprefix("pred_")] = pred
+    return out if columns else out["pred"]
 
 
 def check_model(path: Path) -> None:

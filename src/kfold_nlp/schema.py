@@ -24,6 +24,7 @@ from .hardware import PRECISIONS
 from .model import Pooler, load_tokenizer
 from .rules import PROBABILITY, Rule, check_params
 from .rules import show as _show
+from .selection import POLICIES
 from .tasks import task_class
 from .track.base import tracker_class
 
@@ -65,6 +66,10 @@ RULES: dict[str, Rule] = {
     "trainer.eval_every": Rule(int, ge=1, optional=True),
     "trainer.evals_per_epoch": Rule(int, ge=1),
     "trainer.patience": Rule(int, ge=1, optional=True),
+    "trainer.select": Rule(str, choices=POLICIES),
+    "trainer.also_select": Rule(list),  # and each a policy (below)
+    "trainer.ema_decay": Rule(float, gt=0, lt=1),
+    "trainer.swa_evals": Rule(int, ge=1),
     "trainer.save_models": Rule(bool),
     "trainer.num_workers": Rule(int, ge=0),
     "trainer.snapshot_every": Rule(int, ge=1, optional=True),
@@ -74,6 +79,7 @@ RULES: dict[str, Rule] = {
     "cv.folds": Rule(list, optional=True),  # and each a fold number (below)
     "cv.bins": Rule(int, ge=1, also=("sturges",)),
     "cv.bagging": Rule(str, choices=("mean", "median")),
+    "cv.holdout": Rule(float, gt=0, lt=1, optional=True, or_kind=str),  # a string: a file of ids (below)
     "scheduler.name": Rule(str),  # checked against transformers' SchedulerType below
     "scheduler.warmup": Rule(float, ge=0),
     "scheduler.kwargs": Rule(dict, optional=True),
@@ -201,6 +207,13 @@ def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
                               f"numbers from 0 to {n_splits - 1} (cv.n_splits={n_splits})")
 
     t = cfg.trainer
+    bad = [p for p in t.also_select if p not in POLICIES]
+    if bad:
+        raise ConfigError(f"trainer.also_select={_show(t.also_select)}: {bad[0]} is not a policy; each must be one "
+                          f"of {', '.join(POLICIES)}")
+    holdout = cfg.cv.get("holdout")
+    if isinstance(holdout, str) and check_files and not Path(holdout).is_file():
+        raise ConfigError(f"cv.holdout={holdout}: no such file; give a fraction such as 0.2 or a file of ids")
     if t.precision == "fp16":
         import torch
 

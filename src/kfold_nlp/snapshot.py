@@ -2,7 +2,8 @@
 
 ``fold_<k>/snapshot/`` holds everything the next step depends on: the model, optimizer and scheduler state, the
 sampler's epoch, its generator and the position in the epoch, the RNG states (python, numpy, torch CPU and CUDA),
-the early-stopping counters, the best state and its validation predictions, the global step. Tensors go to
+the early-stopping counters, each selection policy's weights (the best state, an average) and validation
+predictions, the global step. Tensors go to
 safetensors, optimizer and scheduler state dicts through ``torch.save`` and back with ``weights_only=True``, the rest
 to JSON: loading never unpickles an arbitrary object.
 
@@ -36,8 +37,7 @@ class Snapshot:
     model: dict
     optimizer: dict
     scheduler: dict
-    best_state: dict | None
-    best_pred: np.ndarray | None
+    selections: dict  # policy name -> (its tensors or None, its validation prediction or None)
     state: dict
     rng: dict
 
@@ -73,17 +73,19 @@ def _contiguous(state: dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save(fold_dir: Path, *, model_state: dict, optimizer, scheduler, best_state: dict | None,
-         best_pred: np.ndarray | None, state: dict, sampler_state: torch.Tensor | None = None) -> Path:
-    """Write ``fold_dir/snapshot`` atomically; ``state`` is the loop's JSON-able counters."""
+def save(fold_dir: Path, *, model_state: dict, optimizer, scheduler, selections: dict, state: dict,
+         sampler_state: torch.Tensor | None = None) -> Path:
+    """Write ``fold_dir/snapshot`` atomically; ``state`` is the loop's JSON-able counters, ``selections`` each
+    policy's (tensors or None, validation prediction or None)."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=fold_dir, prefix=f".{NAME}.", suffix=".tmp"))
     try:
         save_file(_contiguous(model_state), str(tmp / "model.safetensors"))
-        if best_state is not None:
-            save_file(_contiguous(best_state), str(tmp / "best.safetensors"))
-        if best_pred is not None:
-            np.save(tmp / "best_pred.npy", np.asarray(best_pred, dtype=np.float64))
+        for name, (tensors, pred) in selections.items():
+            if tensors is not None:
+                save_file(_contiguous(tensors), str(tmp / f"select_{name}.safetensors"))
+            if pred is not None:
+                np.save(tmp / f"select_{name}_pred.npy", np.asarray(pred, dtype=np.float64))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         tensors, plain = rng_state(sampler_state)
@@ -102,14 +104,22 @@ def save(fold_dir: Path, *, model_state: dict, optimizer, scheduler, best_state:
 
 
 def _read(path: Path) -> Snapshot:
-    best, pred = path / "best.safetensors", path / "best_pred.npy"
+    state = json.loads((path / "state.json").read_text())
+
+    def part(tensors: Path, pred: Path):
+        return (load_file(str(tensors)) if tensors.exists() else None), (np.load(pred) if pred.exists() else None)
+
+    names = {f.name.removeprefix("select_").removesuffix(".safetensors").removesuffix("_pred.npy")
+             for f in path.glob("select_*")}
+    selections = {name: part(path / f"select_{name}.safetensors", path / f"select_{name}_pred.npy") for name in names}
+    if (path / "best.safetensors").exists() or (path / "best_pred.npy").exists():  # from before selection policies
+        selections["best"] = part(path / "best.safetensors", path / "best_pred.npy")
     return Snapshot(
         model=load_file(str(path / "model.safetensors")),
         optimizer=torch.load(path / "optimizer.pt", weights_only=True),
         scheduler=torch.load(path / "scheduler.pt", weights_only=True),
-        best_state=load_file(str(best)) if best.exists() else None,
-        best_pred=np.load(pred) if pred.exists() else None,
-        state=json.loads((path / "state.json").read_text()),
+        selections=selections,
+        state=state,
         rng={"tensors": load_file(str(path / "rng.safetensors")),
              "plain": json.loads((path / "rng.json").read_text())},
     )

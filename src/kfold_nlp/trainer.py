@@ -1,4 +1,5 @@
-"""One fold's training loop: accumulation, mixed precision, evaluation every N steps, early stopping."""
+"""One fold's training loop: accumulation, mixed precision, evaluation every N steps, early stopping, the choice of
+the weights it keeps (``selection``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import snapshot
+from . import selection, snapshot
+from .errors import DataError
 from .hardware import resolve_precision, set_threads
 from .model import target_column
 from .optim import build_optimizer, build_scheduler, weight_penalty
@@ -148,12 +150,18 @@ def predict(model, loader, accelerator: Accelerator) -> np.ndarray:
 
 @dataclass
 class FoldResult:
+    """What a fold's training returns: ``best_*``, ``val_pred`` and ``best_state`` are those of the weights the
+    fold's policy (``trainer.select``) chose; ``selection`` scores every policy scored on this run."""
+
     best_mse: float = math.inf
     best_step: int = 0
     steps: int = 0
     planned_steps: int = 0  # epochs x steps per epoch: more than ``steps`` when early stopping ended the fold
     val_pred: np.ndarray | None = None
     best_state: dict | None = None
+    holdout_pred: dict = field(default_factory=dict)  # policy -> its weights' predictions of the holdout rows
+    val_preds: dict = field(default_factory=dict)  # policy -> its weights' predictions of the validation rows
+    selection: dict = field(default_factory=dict)  # policy -> {val_mse, step[, holdout_mse]}
     train_time: float = 0.0
     eval_time: float = 0.0  # seconds in validation passes
     keep_time: float = 0.0  # seconds copying the best state
@@ -177,6 +185,12 @@ def eval_points(steps_per_epoch: int, eval_every: int | None, evals_per_epoch: i
         return None
     n = min(evals_per_epoch, steps_per_epoch)
     return {math.ceil(i * steps_per_epoch / n) for i in range(1, n + 1)}
+
+
+def planned_evaluations(steps_per_epoch: int, epochs: int, eval_every: int | None, at: set[int] | None) -> list[int]:
+    """The optimizer steps of every evaluation of a fold that is not stopped early, in order."""
+    return [e * steps_per_epoch + s for e in range(epochs) for s in range(1, steps_per_epoch + 1)
+            if s == steps_per_epoch or (s in at if at is not None else (e * steps_per_epoch + s) % eval_every == 0)]
 
 
 def micro_batch_groups(loader, k: int):
@@ -259,12 +273,18 @@ class FoldTraining:
     log: object
     snapshot_dir: object
     extra_state: dict
+    policies: list  # selection.Policy: the fold's own first, then those of ``trainer.also_select``
+    holdout_loader: DataLoader | None = None
     result: FoldResult = field(default_factory=FoldResult)
     state: LoopState = field(default_factory=LoopState)
 
-    def evaluate(self, bar) -> bool:
-        """Validate after the current step, log the mean training losses since the last evaluation and keep the
-        best state; True when early stopping says stop."""
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def evaluate(self, bar, epoch_end: bool) -> bool:
+        """Validate after the current step, log the mean training losses since the last evaluation and tell each
+        policy (``best`` keeps its state); True when early stopping says stop."""
         state, result, tcfg = self.state, self.result, self.cfg.trainer
         train = {k: float(np.mean([r[k] for r in state.running])) for k in state.running[0]}
         state.running = []
@@ -278,25 +298,51 @@ class FoldTraining:
         self.log({**{f"train/{k}": v for k, v in train.items()}, "val/mse": mse, "val/rmse": math.sqrt(mse),
                   "train/lr": self.scheduler.get_last_lr()[0]}, state.step)
         result.history.append({"step": state.step, "val_mse": mse})
+        began = time.perf_counter()
+        for policy in self.policies:
+            policy.evaluated(self.unwrapped, state.step, mse, pred, epoch_end)
+        result.keep_time += time.perf_counter() - began
+        # early stopping follows the best evaluation so far, whatever the fold keeps
         if mse < result.best_mse:
-            result.best_mse, result.best_step, result.val_pred, state.bad_evals = mse, state.step, pred, 0
-            began = time.perf_counter()
-            result.best_state = {k: v.detach().to("cpu", copy=True)
-                                 for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
-            result.keep_time += time.perf_counter() - began
+            result.best_mse, state.bad_evals = mse, 0
         else:
             state.bad_evals += 1
         bar.set_postfix(loss=f"{train['loss']:.4f}", val_rmse=f"{math.sqrt(mse):.4f}", best=f"{result.best_rmse:.4f}")
         return tcfg.patience is not None and state.bad_evals >= tcfg.patience
 
+    def choose(self) -> None:
+        """Each policy's weights, scored on the validation rows (unless its last evaluation already did) and the
+        holdout rows; the fold's own policy last, so that the model ends with the weights it keeps."""
+        result, step = self.result, self.state.step
+        chosen = [(policy, policy.final(self.unwrapped)) for policy in self.policies]
+        for policy, weights in reversed(chosen):
+            self.unwrapped.load_state_dict(weights)
+            if not policy.known(step):
+                began = time.perf_counter()
+                policy.pred = predict(self.model, self.val_loader, self.accelerator)
+                policy.mse, policy.step = float(np.mean((policy.pred - self.val_target) ** 2)), step
+                result.eval_time += time.perf_counter() - began
+            scores = {"val_mse": policy.mse, "step": policy.step}
+            result.val_preds[policy.name] = policy.pred
+            if self.holdout_loader is not None:
+                began = time.perf_counter()
+                result.holdout_pred[policy.name] = predict(self.model, self.holdout_loader, self.accelerator)
+                result.eval_time += time.perf_counter() - began
+            result.selection[policy.name] = scores
+        own, weights = chosen[0]
+        result.best_mse, result.best_step, result.val_pred, result.best_state = own.mse, own.step, own.pred, weights
+        self.model.train()
+
     def save_snapshot(self, epoch_start: torch.Tensor | None) -> None:
         began, result = time.perf_counter(), self.result
         if self.accelerator.is_main_process:
-            snapshot.save(self.snapshot_dir, model_state=self.accelerator.unwrap_model(self.model).state_dict(),
-                          optimizer=self.optimizer, scheduler=self.scheduler, best_state=result.best_state,
-                          best_pred=result.val_pred, sampler_state=epoch_start,
+            parts = {p.name: (p, *p.state()) for p in self.policies}  # (policy, tensors, JSON)
+            snapshot.save(self.snapshot_dir, model_state=self.unwrapped.state_dict(),
+                          optimizer=self.optimizer, scheduler=self.scheduler, sampler_state=epoch_start,
+                          selections={name: (tensors, p.pred) for name, (p, tensors, _) in parts.items()},
                           state=asdict(self.state) | self.extra_state | {
-                              "best_mse": result.best_mse, "best_step": result.best_step, "history": result.history})
+                              "best_mse": result.best_mse, "history": result.history,
+                              "select": {name: meta for name, (_, _, meta) in parts.items()}})
         self.accelerator.wait_for_everyone()
         result.snapshot_time += time.perf_counter() - began
 
@@ -307,9 +353,16 @@ class FoldTraining:
         self.scheduler.load_state_dict(saved.scheduler)
         self.state = LoopState.of(saved.state)
         result = self.result
-        result.best_mse, result.best_step = saved.state["best_mse"], saved.state["best_step"]
-        result.history, result.best_state, result.val_pred = saved.state["history"], saved.best_state, saved.best_pred
-        result.resumed_from = self.state.step
+        result.best_mse, result.history, result.resumed_from = saved.state["best_mse"], saved.state["history"], \
+            self.state.step
+        metas = saved.state.get("select") or {"best": {"mse": saved.state["best_mse"],
+                                                        "step": saved.state["best_step"]}}  # an older snapshot
+        for policy in self.policies:
+            if policy.name not in metas:  # the config is checked on resume: only a snapshot put there by hand
+                raise DataError(f"{self.snapshot_dir / snapshot.NAME}: taken without the selection policy "
+                                f"{policy.name}; delete it to train fold {self.fold} again")
+            tensors, pred = saved.selections.get(policy.name, (None, None))
+            policy.restore(tensors, metas[policy.name], pred)
 
     def epoch_batches(self, loader, generator, epoch: int, skip: int, saved: snapshot.Snapshot | None):
         """The epoch's batches after its first ``skip`` (those trained before the snapshot ``saved``), and the state
@@ -336,14 +389,15 @@ class FoldTraining:
 
 def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, accelerator,
                log=lambda metrics, step: None, fold=0, task: Task | None = None, snapshot_dir=None,
-               extra_state: dict | None = None, saved: snapshot.Snapshot | None = None):
-    """Train one fold and keep the weights of the best validation MSE (in memory; the caller saves them).
+               extra_state: dict | None = None, saved: snapshot.Snapshot | None = None, holdout_loader=None):
+    """Train one fold and keep the weights ``trainer.select`` chooses (in memory; the caller saves them).
 
     ``task`` (set up on ``model``) gives the loss; default: MSE on the target. With ``snapshot_dir`` (the fold's
     folder) the whole training state is saved every ``trainer.snapshot_every`` optimizer steps and at each epoch's
     end, and a snapshot found there is continued from, mid-epoch: the steps before it are not trained again.
     ``extra_state`` (JSON) is saved with every snapshot (the fold's W&B run id); ``saved``: the snapshot already
-    loaded from ``snapshot_dir`` by the caller (which needed its W&B run id first).
+    loaded from ``snapshot_dir`` by the caller (which needed its W&B run id first). ``holdout_loader``: rows no
+    policy may look at before the fold ends; each policy's weights predict them then.
 
     Raises ``Diverged`` at the first non-finite training loss or validation MSE.
     """
@@ -352,11 +406,16 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
     penalty = weight_penalty(model, tcfg.get("penalty"), tcfg.get("penalty_weight", 0.0))
     generator = getattr(train_loader.sampler, "generator", None)  # the sampler's: its state fixes an epoch's order
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    if holdout_loader is not None:
+        holdout_loader = accelerator.prepare(holdout_loader)
     steps_per_epoch = math.ceil(len(train_loader) / tcfg.grad_accum)
     at = eval_points(steps_per_epoch, tcfg.eval_every, tcfg.evals_per_epoch)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch * tcfg.epochs)
+    planned = planned_evaluations(steps_per_epoch, tcfg.epochs, tcfg.eval_every, at)
+    policies = [selection.make(name, accelerator.unwrap_model(model), tcfg, planned)
+                for name in selection.policies(tcfg)]
     run = FoldTraining(model, optimizer, scheduler, accelerator, val_loader, np.asarray(val_target, dtype=float), cfg,
-                       fold, log, snapshot_dir, extra_state or {})
+                       fold, log, snapshot_dir, extra_state or {}, policies, holdout_loader)
     start = time.perf_counter()
     if saved is None and snapshot_dir is not None:
         saved = snapshot.load(snapshot_dir)
@@ -381,17 +440,20 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
                     raise Diverged(fold, state.step, "loss", losses["loss"], tcfg.precision)
                 state.running.append(losses)
                 scheduler.step()
+                for policy in policies:
+                    policy.stepped(run.unwrapped)
                 bar.update(1)
                 epoch_end = state.batch >= len(train_loader)
                 due = (state.step % tcfg.eval_every == 0 if at is None
                        else state.step - epoch * steps_per_epoch in at)
                 if epoch_end or due:
-                    state.stop = run.evaluate(bar)
+                    state.stop = run.evaluate(bar, epoch_end)
                 if snapshot_dir is not None and (epoch_end or state.stop
                                                  or (snapshot_every and state.step % snapshot_every == 0)):
                     run.save_snapshot(epoch_start)
                 if state.stop:
                     break
+    run.choose()
     run.result.steps, run.result.train_time = state.step, time.perf_counter() - start
     run.result.planned_steps = steps_per_epoch * tcfg.epochs
     accelerator.free_memory()
