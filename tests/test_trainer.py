@@ -179,11 +179,11 @@ class Killed(Exception):
     """Stands in for a SIGKILL right after a snapshot was written."""
 
 
-def fit_with_snapshots(tmp_path, kill_after: int | None = None):
+def fit_with_snapshots(tmp_path, kill_after: int | None = None, extra: tuple = ()):
     """Dropout on, 2 micro-batches a step, 3 steps an epoch, 2 epochs; with ``kill_after`` the fold stops right
     after the snapshot of that step and is then continued from it by a second ``train_fold`` on a fresh model."""
     cfg = config("trainer.batch_size=2", "trainer.grad_accum=2", "trainer.epochs=2", "trainer.eval_every=2",
-                 "trainer.snapshot_every=1", "model.head_dropout=0.3", "model.backbone_dropout=0.2")
+                 "trainer.snapshot_every=1", "model.head_dropout=0.3", "model.backbone_dropout=0.2", *extra)
     tokenizer = load_tokenizer(cfg.model)
     rows = EncodedRows(tokenize(tokenizer, TEXTS, 64), np.arange(12), TARGETS)
 

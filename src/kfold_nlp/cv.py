@@ -188,12 +188,12 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
     for note in notes:
         log.warning("warning: %s", note)
     distiller = distill.load(cfg, table, train, data_print)  # a teacher with other data or folds is refused here
-    if (run_dir / "folds.csv").exists():
+    check_run_config(cfg, run_dir, save=main)  # every process, so none waits for a main process that refused
+    if (run_dir / "folds.csv").exists():  # the same config on the same data: only another library's split differs
         kept = pd.read_csv(run_dir / "folds.csv", dtype={"id": str})
         check_ids(run_dir / "folds.csv", kept["id"], table["id"], f"the train file {cfg.data.path}")
         if not np.array_equal(kept["fold"].to_numpy(), folds):
             raise DataError(f"{run_dir / 'folds.csv'}: the folds differ from this config's; start a new run")
-    check_run_config(cfg, run_dir, save=main)  # every process, so none waits for a main process that refused
     if main:
         # left by a killed run; not those of a fold job writing beside this one (a launcher's other jobs)
         for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:

@@ -28,6 +28,7 @@ from scipy.optimize import nnls
 from . import stats
 from .errors import OneLineError, refuse
 from .files import write_csv, write_json
+from .folds import HOLDOUT
 from .runfiles import read_csv
 from .runs import find_runs, is_ensemble
 from .summary import MARK, collect, format_table, run_labels
@@ -42,6 +43,7 @@ class EnsembleError(OneLineError):
 
 
 FOLDS = ("id", "fold", "target")  # the columns of folds.csv, and the first of oof.csv
+HOLDOUT_COLUMNS = ("id", "target")  # the first columns of holdout.csv
 FIX = "re-collect or rerun that run"  # a member's damaged file
 
 
@@ -56,6 +58,8 @@ class Members:
     test_ids: pd.Series | None = None
     test: np.ndarray | None = None
     test_header: tuple[str, str] = ("id", "target")
+    holdout_target: np.ndarray | None = None  # the runs' cv.holdout rows (fold -1 of folds.csv), never blended on
+    holdout: np.ndarray | None = None  # each member's bagged holdout predictions, ``(n_holdout, n_members)``
 
 
 # ---- weights ----
@@ -195,6 +199,15 @@ def load_members(paths: list[Path]) -> Members:
     if rows["fold"].nunique() < 2:
         raise EnsembleError("the OOF rows cover one fold: no held-out fold to score the weights on")
     members = Members(member_names(paths), paths, rows, oof)
+    held = folds0[folds0["fold"] == HOLDOUT]
+    if len(held):  # the same rows for every member (same folds.csv): weights fitted on OOF rows predict them
+        tables = [_read(path, "holdout.csv", (*HOLDOUT_COLUMNS, "pred")) for path in paths]
+        for path, table in zip(paths, tables):
+            _check_finite(path / "holdout.csv", table["pred"].to_numpy(float))
+            if list(table["id"]) != list(held["id"]):
+                raise EnsembleError(f"{path / 'holdout.csv'}: other ids than the holdout rows of folds.csv; {FIX}")
+        members.holdout_target = held["target"].to_numpy(float)
+        members.holdout = np.column_stack([t["pred"].to_numpy(float) for t in tables])
     if all(s is None for s in subs):
         return members
     if any(s is None for s in subs):
@@ -246,6 +259,12 @@ def blend(members: Members, method: str = "nnls", steps: int = GREEDY_STEPS) -> 
         "folds": {str(k): {"rmse": float(r), "weights": dict(zip(members.names, map(float, fold_weights[k])))}
                   for k, r in zip(fold_weights, fold_rmse)},
     }
+    if members.holdout is not None:  # rows no weight was fitted on and no fold model trained or selected on
+        held = {n: stats.rmse(members.holdout_target, members.holdout[:, j]) for j, n in enumerate(members.names)}
+        metrics["cv"] |= {"holdout_rmse": stats.rmse(members.holdout_target, members.holdout @ weights),
+                          "best_member_holdout_rmse": held[best], "holdout_rows": len(members.holdout_target)}
+        for n in members.names:
+            metrics["members"][n]["holdout_rmse"] = held[n]
     oof = members.rows.assign(pred=nested, pred_in_sample=in_sample)
     submission = None
     if members.test is not None:
@@ -319,7 +338,8 @@ def log_run(result: dict, members: Members, out: Path, logger) -> None:
                             "cv/best_member_rmse": m["cv"]["best_member_rmse"],
                             "cv/improvement_vs_best_member": m["cv"]["improvement_vs_best_member"],
                             "cv/improvement_lo": m["cv"]["improvement_lo"],
-                            "cv/improvement_hi": m["cv"]["improvement_hi"]})
+                            "cv/improvement_hi": m["cv"]["improvement_hi"]}
+                           | ({"cv/holdout_rmse": m["cv"]["holdout_rmse"]} if "holdout_rmse" in m["cv"] else {}))
         run.table("members", pd.DataFrame([{"run": n, **{k: v for k, v in d.items() if k not in ("path", "folder")}}
                                            for n, d in m["members"].items()]))
 
@@ -345,7 +365,9 @@ def report_line(metrics: dict, out: Path) -> str:
     return (f"Ensemble folder: {out} | {metrics['method']} | CV RMSE {c['rmse']:.4f} nested "
             f"({c['rmse_in_sample']:.4f} in-sample) | best member {c['best_member']} {c['best_member_rmse']:.4f}: "
             f"improvement {c['improvement_vs_best_member']:+.4f} [{c['improvement_lo']:+.4f}, "
-            f"{c['improvement_hi']:+.4f}]{mark} (best member - blend: positive, the blend is better)")
+            f"{c['improvement_hi']:+.4f}]{mark} (best member - blend: positive, the blend is better)"
+            + (f" | holdout RMSE {c['holdout_rmse']:.4f} (best member {c['best_member_holdout_rmse']:.4f}, "
+               f"{c['holdout_rows']} rows)" if "holdout_rmse" in c else ""))
 
 
 def main(argv=None) -> None:

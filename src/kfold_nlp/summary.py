@@ -91,6 +91,10 @@ def collect(root) -> pd.DataFrame:
                     "fold_mse_sd": cv["fold_mse_sd"], "fold_rmse_mean": cv["fold_rmse_mean"],
                     "fold_rmse_sd": cv["fold_rmse_sd"], "train_time_s": cv["train_time_s"],
                     "wall_time_s": cv.get("wall_time_s")}
+            selection = json.loads((run / "metrics.json").read_text()).get("selection", {})
+            if "rmse" in selection:
+                row |= {"holdout_rmse": selection["rmse"], "optimism": selection["optimism"]["mean"],
+                        "optimism_lo": selection["optimism"]["lo"], "optimism_hi": selection["optimism"]["hi"]}
         if (run / "job_status.json").exists():  # written by the sweep callback: whole-job time, failure
             job = json.loads((run / "job_status.json").read_text())
             row |= {"error": job.get("error"), "wall_time_s": job.get("wall_time_s")}
@@ -166,6 +170,9 @@ def compare_table(runs: pd.DataFrame) -> pd.DataFrame:
         "RMSE diff 95% low": ci["lo"].astype(float),
         "RMSE diff 95% high": ci["hi"].astype(float),
         "interval excludes 0": ci["sig"],
+        **({"holdout RMSE": runs["holdout_rmse"], "selection optimism": runs["optimism"],
+            "optimism 95% low": runs["optimism_lo"], "optimism 95% high": runs["optimism_hi"]}
+           if "holdout_rmse" in runs else {}),
         "fold MSE mean": runs["fold_mse_mean"],
         "fold MSE sd": runs["fold_mse_sd"],
         "train time (s)": runs["train_time_s"],
