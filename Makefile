@@ -40,10 +40,10 @@ cv: setup  ## one CV experiment: make cv EXP=rdrop DATA=commonlit ARGS="cv.n_spl
 	    $(if $(LAUNCHER),launcher=$(LAUNCHER)) $(ARGS)
 
 collect: setup  ## (re)build a run's oof.csv, submission.csv, metrics.json from its fold folders: make collect RUN=<run folder>
-	$(PY) -m kfold_nlp.collect "$(RUN)"
+	$(PY) -m kfold_nlp.cli collect "$(RUN)"
 
 predict: setup  ## bagged predictions of a run's fold models: make predict RUN=outputs/baseline/latest [INPUT=test.csv] [ARGS="--text-col passage"]
-	$(PY) -m kfold_nlp.predict "$(RUN)" $(if $(INPUT),"$(INPUT)") $(ARGS)
+	$(PY) -m kfold_nlp.cli predict "$(RUN)" $(if $(INPUT),"$(INPUT)") $(ARGS)
 
 test: setup  ## the test suite (tiny random models, no network): every test, the slow ones too
 	$(PY) -m pytest
@@ -76,7 +76,7 @@ clean:  ## remove caches; asks before removing outputs/ and multirun/ (every run
 compare: setup  ## every regularizer of conf/regularizer/ on the same folds, one Hydra multirun -> outputs/compare/<time>/table.md
 	$(PY) -m kfold_nlp -m 'regularizer=glob(*)' $(if $(DATA),data=$(DATA)) \
 	    hydra.sweep.dir=outputs/compare/$(TS) $(ARGS); \
-	status=$$?; $(PY) -m kfold_nlp.summary compare outputs/compare/$(TS) && exit $$status
+	status=$$?; $(PY) -m kfold_nlp.cli compare outputs/compare/$(TS) && exit $$status
 
 sweep: setup  ## Hydra multirun, one CV run per combination: make sweep ARGS="regularizer=msd,rdrop optimizer.lr=1e-5,3e-5" -> outputs/multirun/<time>/sweep.md
 	$(PY) -m kfold_nlp -m $(if $(DATA),data=$(DATA)) $(ARGS)
@@ -85,7 +85,7 @@ hpo: setup  ## Optuna TPE search of the CV RMSE: make hpo HPO=rdrop|msd|baseline
 	$(PY) -m kfold_nlp -m +hpo=$(HPO) $(if $(DATA),data=$(DATA)) $(ARGS)
 
 notebook: setup  ## OOF analysis report, headless: make notebook RUNS="outputs/compare/<time>" -> <first folder>/oof_analysis.html
-	$(PY) -m kfold_nlp.report $(RUNS)
+	$(PY) -m kfold_nlp.cli report $(RUNS)
 
 ensemble: setup  ## blend runs on the same folds: make ensemble RUNS="outputs/compare/<time>" ARGS="--method mean|nnls|greedy" -> outputs/ensemble/<time>/
-	$(PY) -m kfold_nlp.ensemble $(RUNS) $(ARGS)
+	$(PY) -m kfold_nlp.cli ensemble $(RUNS) $(ARGS)

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from kfold_nlp.data import DataError, load_data, refuse
-from kfold_nlp.paths import CONFIG_DIR
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.data.tables import load_data
+from kfold_nlp.errors import DataError, refuse
 
 DEFAULT = "synthetic"
 HELP = ("a data preset (conf/data/<name>.yaml: synthetic, generated on first use; commonlit) or a CSV path with "

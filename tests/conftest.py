@@ -150,7 +150,7 @@ def batch(model_cfg):
     """``TEXTS`` collated as a training batch: random targets and standard errors (one 0, like CommonLit's anchor)."""
     import torch
 
-    from kfold_nlp.model import load_tokenizer
+    from kfold_nlp.model.regressor import load_tokenizer
 
     enc = load_tokenizer(model_cfg)(TEXTS, padding=True, return_tensors="pt")
     return dict(enc) | {"target": torch.randn(len(TEXTS), generator=torch.Generator().manual_seed(0)),

@@ -15,12 +15,14 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 import kfold_nlp  # noqa: F401  (the ${minilm_path:} resolver)
-from kfold_nlp.cv import build_fold_model
-from kfold_nlp.model import load_tokenizer, tokenize
-from kfold_nlp.optim import build_optimizer
-from kfold_nlp.paths import CONFIG_DIR
-from kfold_nlp.regularizers.mixout import MixLinear
-from kfold_nlp.trainer import EncodedRows, make_accelerator, optimizer_step
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.cv.fold import build_fold_model
+from kfold_nlp.data.loading import EncodedRows
+from kfold_nlp.model.optim import build_optimizer
+from kfold_nlp.model.regressor import load_tokenizer, tokenize
+from kfold_nlp.model.regularizers.mixout import MixLinear
+from kfold_nlp.train.loop import optimizer_step
+from kfold_nlp.train.runtime import make_accelerator
 
 out, batch_size, regularizer = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 with initialize_config_dir(CONFIG_DIR, version_base="1.3"):

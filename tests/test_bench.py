@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import bench, rows
-from kfold_nlp.paths import CONFIG_DIR
-from kfold_nlp.regularizers import Regularizer
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.model.regularizers import Regularizer
 
 REGULARIZERS = Path(CONFIG_DIR) / "regularizer"
 

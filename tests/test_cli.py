@@ -83,7 +83,7 @@ def test_predict_refuses_with_one_line(problem, tiny_run, tmp_path):
         bad = tmp_path / "bad.csv"
         pd.DataFrame({"id": ["a"], "body": ["text"]}).to_csv(bad, index=False)
         args.append(str(bad))
-    proc = run_cli(*args, module="kfold_nlp.predict", check=False)
+    proc = run_cli("predict", *args, module="kfold_nlp.cli", check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     expected = {"missing": "does not exist", "no_models": "no fold_*/model.safetensors",

@@ -13,9 +13,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import read_metrics, run_cli, tiny_overrides, wandb_runs
-from kfold_nlp import cv
-from kfold_nlp.folds import make_folds, sturges_bins
-from kfold_nlp.paths import CONFIG_DIR
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.cv import fold as cv_fold
+from kfold_nlp.cv.collect import cv_metrics
+from kfold_nlp.cv.run import run as run_cv
+from kfold_nlp.data.folds import make_folds, sturges_bins
+from kfold_nlp.train.runtime import memory_mb, reset_peak_memory
 
 
 @pytest.mark.slow
@@ -77,7 +80,8 @@ def test_bagged_submission_is_the_mean_of_the_fold_predictions(tiny_run):
 @pytest.mark.slow
 def test_predict_cli_rebags_the_saved_fold_models(tiny_run, tmp_path):
     out = tmp_path / "pred.csv"
-    run_cli(str(tiny_run), str(tiny_run.parent / "data" / "test.csv"), "--out", str(out), module="kfold_nlp.predict")
+    run_cli("predict", str(tiny_run), str(tiny_run.parent / "data" / "test.csv"), "--out", str(out),
+            module="kfold_nlp.cli")
     pred = pd.read_csv(out)
     sub = pd.read_csv(tiny_run / "submission.csv")
     np.testing.assert_allclose(pred["target"], sub["target"], atol=1e-5)
@@ -109,17 +113,17 @@ def test_the_run_is_named_after_the_regularizer_actually_used(tiny_run, tmp_path
 
 @pytest.mark.slow
 def test_num_workers_reaches_every_loader(tiny_run, tmp_path, monkeypatch):
-    seen, real = [], cv.make_loader
+    seen, real = [], cv_fold.make_loader
 
     def recording(*args, **kwargs):
         seen.append(kwargs.get("num_workers", args[5] if len(args) > 5 else 0))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cv, "make_loader", recording)
+    monkeypatch.setattr(cv_fold, "make_loader", recording)
     overrides = [o for o in tiny_overrides(tiny_run.parent / "data", tmp_path) if not o.startswith("hydra.")]
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", [*overrides, "name=test", "cv.folds=[0]", "trainer.num_workers=1"])
-    cv.run(cfg, tmp_path / "run")
+    run_cv(cfg, tmp_path / "run")
     assert len(seen) == 3 and set(seen) == {1}  # train, validation, test
 
 
@@ -175,13 +179,13 @@ def test_the_peak_memory_is_reset_and_then_holds_a_new_allocation():
     """64 MiB of fresh pages (an anonymous mmap: not memory the allocator kept) add to the RSS and to the peak."""
     import mmap
 
-    cv.reset_peak_memory()
-    before = cv.memory_mb()
+    reset_peak_memory()
+    before = memory_mb()
     assert 0 < before["rss_mb"] <= before["peak_rss_mb"] < before["rss_mb"] + 16  # the peak starts from now
     pages = mmap.mmap(-1, 64 * 2**20)
     for i in range(0, len(pages), mmap.PAGESIZE):
         pages[i] = 1
-    after = cv.memory_mb()
+    after = memory_mb()
     pages.close()
     assert after["rss_mb"] >= before["rss_mb"] + 60 and after["peak_rss_mb"] >= after["rss_mb"]
 
@@ -198,7 +202,7 @@ def test_a_blank_fold_prediction_is_refused_naming_file_and_row(name, tiny_run, 
     table.loc[2, "pred"] = ""
     table.to_csv(path, index=False)
     results = {n: (run_dir / n).read_bytes() for n in ("oof.csv", "submission.csv", "metrics.json")}
-    proc = run_cli(str(run_dir), module="kfold_nlp.collect", check=False)
+    proc = run_cli("collect", str(run_dir), module="kfold_nlp.cli", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (f"error: {path}: blank or non-finite pred in 1 row(s), first at data row 3; "
                                    f"retrain that fold: delete {path.parent / 'result.json'} and resume with "
@@ -210,7 +214,7 @@ def test_summed_fold_times_in_metrics_json_have_at_most_two_decimals():
     oof = pd.DataFrame({"pred": [0.1, 0.2, 0.3], "target": [0.0, 0.25, 0.25]})
     folds = {k: {"mse": 0.01 * (k + 1), "train_time_s": t, "eval_time_s": t / 10}
              for k, t in enumerate([3.1, 4.2, 4.23])}  # a float sum of 11.530000000000001
-    m = cv.cv_metrics(oof, folds, mean_rmse=0.2)["cv"]
+    m = cv_metrics(oof, folds, mean_rmse=0.2)["cv"]
     for key in ["train_time_s", "eval_time_s"]:
         assert m[key] == round(m[key], 2) and len(repr(m[key]).split(".")[1]) <= 2
     assert m["train_time_s"] == pytest.approx(11.53)

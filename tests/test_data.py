@@ -10,8 +10,9 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from kfold_nlp.data import DataError, load_data, load_table, make_synthetic, readability_features
-from kfold_nlp.paths import resource
+from kfold_nlp.config.paths import resource
+from kfold_nlp.data.synthetic import make_synthetic, readability_features
+from kfold_nlp.data.tables import DataError, load_data, load_table
 
 FEATS = ["words_per_sentence", "chars_per_word", "rare_word_frac"]
 
@@ -264,7 +265,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("kfold_nlp.data.os.replace", boom)
+    monkeypatch.setattr("kfold_nlp.files.os.replace", boom)
     with pytest.raises(OSError):
         make_synthetic(tmp_path, n_train=10, n_test=2)
     assert list(tmp_path.iterdir()) == []
@@ -290,7 +291,7 @@ def test_the_default_max_length_reads_whole_synthetic_passages(tmp_path):
     from transformers import AutoTokenizer
 
     import kfold_nlp  # noqa: F401  (the ${minilm_path:} resolver)
-    from kfold_nlp.paths import CONFIG_DIR
+    from kfold_nlp.config.paths import CONFIG_DIR
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("config")

@@ -14,10 +14,13 @@ from accelerate.state import AcceleratorState, GradientState
 from hydra import compose, initialize_config_dir
 
 from conftest import run_cli, tiny_overrides
-from kfold_nlp import cv, distill
-from kfold_nlp.data import DataError
-from kfold_nlp.paths import CONFIG_DIR
-from kfold_nlp.schema import ConfigError, validate
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.config.schema import ConfigError, validate
+from kfold_nlp.cv import distill
+from kfold_nlp.cv import fold as cv_fold
+from kfold_nlp.cv.prepare import prepare
+from kfold_nlp.cv.run import run as run_cv
+from kfold_nlp.errors import DataError
 
 pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
 
@@ -43,7 +46,7 @@ def unlabeled(tiny_run, tmp_path_factory) -> Path:
 def spied_run(tiny_run, unlabeled, tmp_path_factory):
     """A 3-fold student run in process, recording every teacher prediction and every loader's rows."""
     calls, datasets = [], []
-    real_predict, real_loader = distill.predict_texts, cv.make_loader
+    real_predict, real_loader = distill.predict_texts, cv_fold.make_loader
 
     def spy(cfg, models, texts, *args, **kwargs):
         out = real_predict(cfg, models, texts, *args, **kwargs)
@@ -58,9 +61,9 @@ def spied_run(tiny_run, unlabeled, tmp_path_factory):
     GradientState._reset_state()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(distill, "predict_texts", spy)
-        mp.setattr(cv, "make_loader", loader)
+        mp.setattr(cv_fold, "make_loader", loader)
         run_dir = tmp_path_factory.mktemp("student") / "run"
-        cv.run(config(tiny_run, f"distill.weight={WEIGHT}", f"distill.unlabeled={unlabeled}"), run_dir)
+        run_cv(config(tiny_run, f"distill.weight={WEIGHT}", f"distill.unlabeled={unlabeled}"), run_dir)
     return {"calls": calls, "train": datasets[0::3], "val": datasets[1::3], "run_dir": run_dir}
 
 
@@ -148,7 +151,7 @@ def test_unlabeled_through_the_cli_adds_fold_k_pseudo_labels(tiny_run, unlabeled
 def test_a_teacher_with_other_folds_is_refused_before_anything_is_written(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(DataError, match=r"folds.csv: differs from this run's folds") as info:
-        cv.prepare(config(tiny_run, "cv.seed=7"), run_dir)
+        prepare(config(tiny_run, "cv.seed=7"), run_dir)
     assert "\n" not in str(info.value)
     assert not run_dir.exists()
 
@@ -159,16 +162,16 @@ def test_missing_teacher_folds_and_models_and_reused_ids_are_refused(tiny_run, t
     for name in ("folds.csv", "run_config.yaml"):
         shutil.copy(tiny_run / name, teacher / name)
     with pytest.raises(DataError, match=r"fold_0/result.json: not found; the teacher's fold 0 did not finish"):
-        cv.prepare(config(tiny_run, f"distill.teacher={teacher}"), tmp_path / "run")
+        prepare(config(tiny_run, f"distill.teacher={teacher}"), tmp_path / "run")
     for k in range(3):
         (teacher / f"fold_{k}").mkdir()
         shutil.copy(tiny_run / f"fold_{k}" / "result.json", teacher / f"fold_{k}" / "result.json")
     with pytest.raises(DataError, match=r"fold_0/model.safetensors: not found"):
-        cv.prepare(config(tiny_run, f"distill.teacher={teacher}"), tmp_path / "run")
+        prepare(config(tiny_run, f"distill.teacher={teacher}"), tmp_path / "run")
     reused = tmp_path / "reused.csv"
     tiny_train[["id", "excerpt"]].head(3).to_csv(reused, index=False)
     with pytest.raises(DataError, match=r"3 id\(s\) also in the train file"):
-        cv.prepare(config(tiny_run, f"distill.unlabeled={reused}"), tmp_path / "run")
+        prepare(config(tiny_run, f"distill.unlabeled={reused}"), tmp_path / "run")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -195,7 +198,7 @@ def test_a_teacher_trained_on_other_texts_with_the_same_ids_and_folds_is_refused
     run_dir = tmp_path / "run"
     with pytest.raises(DataError, match=r"fingerprint.json: distill.teacher was trained on another train file "
                                         r"\(texts differ\); use a teacher run on .*train.csv as it is now$"):
-        cv.prepare(config(tiny_run, f"data.path={data}/train.csv", f"data.test_path={data}/test.csv"), run_dir)
+        prepare(config(tiny_run, f"data.path={data}/train.csv", f"data.test_path={data}/test.csv"), run_dir)
     assert not run_dir.exists()
 
 
@@ -216,5 +219,5 @@ def test_a_damaged_or_foreign_teacher_fold_is_refused_before_any_fold_trains(fau
         result["made_from"]["config"] = "0" * 16
         (fold / "result.json").write_text(json.dumps(result))
     with pytest.raises(DataError, match=message):
-        cv.prepare(config(tiny_run, f"distill.teacher={teacher}"), run_dir)
+        prepare(config(tiny_run, f"distill.teacher={teacher}"), run_dir)
     assert not run_dir.exists()

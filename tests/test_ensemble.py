@@ -14,7 +14,7 @@ import pytest
 
 from conftest import run_cli
 from fake_runs import rows, write_run
-from kfold_nlp import ensemble, report, stats
+from kfold_nlp.analysis import ensemble, report, stats
 
 METHODS = list(ensemble.METHODS)
 
@@ -63,7 +63,7 @@ def test_members_that_cannot_be_blended_are_refused_with_one_line(two_runs, tmp_
 def test_refusal_from_the_command_line_has_no_traceback(two_runs, tmp_path):
     f, a, _ = two_runs
     write_run(tmp_path / "c", f.assign(fold=(f["fold"] + 1) % 5), f["target"], np.zeros(12))
-    proc = run_cli(str(a), str(tmp_path / "c"), "--out", str(tmp_path / "out"), module="kfold_nlp.ensemble",
+    proc = run_cli("ensemble", str(a), str(tmp_path / "c"), "--out", str(tmp_path / "out"), module="kfold_nlp.cli",
                    check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "folds.csv differs" in proc.stderr and not (tmp_path / "out").exists()

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, copy_run, run_cli
-from kfold_nlp import collect
+from kfold_nlp.cv import collect
 from kfold_nlp.errors import Exit
 from kfold_nlp.files import LogFile, atomic_path
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import ROOT, read_metrics, tiny_overrides
-from kfold_nlp import hardware, launch
+from kfold_nlp.cv import launch
+from kfold_nlp.train import runtime
 
 
 @pytest.fixture
@@ -23,8 +24,8 @@ def machine(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
-        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: cpu_bf16)
-        monkeypatch.setattr(hardware, "cpu_capability", lambda: "AVX512" if cpu_bf16 else "AVX2")
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: cpu_bf16)
+        monkeypatch.setattr(runtime, "cpu_capability", lambda: "AVX512" if cpu_bf16 else "AVX2")
 
     return set_
 
@@ -37,42 +38,42 @@ def machine(monkeypatch):
 ])
 def test_auto_resolves_from_the_hardware(machine, answers, expected, why):
     machine(**answers)
-    assert hardware.resolve_precision("auto") == (expected, why)
+    assert runtime.resolve_precision("auto") == (expected, why)
 
 
 def test_explicit_precisions_stay_and_only_emulated_bf16_warns(machine):
     machine(cpu_bf16=False)
-    assert hardware.resolve_precision("fp32") == ("fp32", None)
-    precision, note = hardware.resolve_precision("bf16")
+    assert runtime.resolve_precision("fp32") == ("fp32", None)
+    precision, note = runtime.resolve_precision("bf16")
     assert precision == "bf16" and note.startswith("warning: trainer.precision=bf16 on a CPU without native bf16")
-    assert hardware.native_precisions() == ["fp32"] and hardware.is_emulated("bf16")
+    assert runtime.native_precisions() == ["fp32"] and runtime.is_emulated("bf16")
     machine(cpu_bf16=True)
-    assert hardware.resolve_precision("bf16") == ("bf16", None) and hardware.native_precisions() == ["fp32", "bf16"]
+    assert runtime.resolve_precision("bf16") == ("bf16", None) and runtime.native_precisions() == ["fp32", "bf16"]
     machine(cuda=True, cuda_bf16=True)
-    assert hardware.resolve_precision("bf16") == ("bf16", None) and not hardware.is_emulated("bf16", "cuda")
+    assert runtime.resolve_precision("bf16") == ("bf16", None) and not runtime.is_emulated("bf16", "cuda")
 
 
 def test_threads_follow_the_usable_cores_and_the_launchers_share(monkeypatch):
-    monkeypatch.delenv(hardware.THREADS_ENV, raising=False)
+    monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {3}, raising=False)
-    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 64)
-    assert hardware.usable_cores() == 1 and hardware.threads_for_this_process() == 1  # not the host's 64
-    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    assert hardware.threads_for_this_process() == 8
-    assert hardware.split_cores(3) == 2 and hardware.split_cores(16) == 1
-    monkeypatch.setenv(hardware.THREADS_ENV, "4")
-    assert hardware.threads_for_this_process() == 4
-    monkeypatch.setenv(hardware.THREADS_ENV, "99")  # never more than the cores
-    assert hardware.threads_for_this_process() == 8
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 64)
+    assert runtime.usable_cores() == 1 and runtime.threads_for_this_process() == 1  # not the host's 64
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert runtime.threads_for_this_process() == 8
+    assert runtime.split_cores(3) == 2 and runtime.split_cores(16) == 1
+    monkeypatch.setenv(runtime.THREADS_ENV, "4")
+    assert runtime.threads_for_this_process() == 4
+    monkeypatch.setenv(runtime.THREADS_ENV, "99")  # never more than the cores
+    assert runtime.threads_for_this_process() == 8
     # joblib runs min(folds, n_jobs or one per core) jobs at once; submitit_local all of them; SLURM elsewhere
     assert launch.local_jobs("joblib", [], 5) == 5 and launch.local_jobs("joblib", [], 20) == 8
     assert launch.local_jobs("joblib", ["hydra.launcher.n_jobs=2"], 5) == 2
     assert launch.local_jobs("submitit_local", [], 5) == 5 and launch.local_jobs("slurm", [], 5) is None
     before = torch.get_num_threads()
     try:
-        monkeypatch.setenv(hardware.THREADS_ENV, "1")
-        assert hardware.set_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv(runtime.THREADS_ENV, "1")
+        assert runtime.set_threads() == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 
@@ -95,7 +96,7 @@ def test_a_run_says_what_auto_chose_first_and_records_it_with_the_hardware(tiny_
     assert "precision: fp32" in (run_dir / "run_config.yaml").read_text()
     record = read_metrics(run_dir)["hardware"]
     assert record["precision"] == "fp32" and record["cpu_native_bf16"] is False
-    assert record["cores_usable"] == hardware.usable_cores() and record["threads"] >= 1
+    assert record["cores_usable"] == runtime.usable_cores() and record["threads"] >= 1
     assert {"cpu", "cpu_capability", "gpu", "gpu_count", "torch", "transformers"} <= record.keys()
 
 
@@ -113,7 +114,7 @@ def test_race_contestants_report_the_device_they_ran_on(monkeypatch, tmp_path, f
     """Each contestant reports the device its forward pass saw, weights and batch; the minimal loop follows the
     device check (a fake ``meta`` device here: the loop must move the model and every batch there)."""
     from benchmarks import race
-    from kfold_nlp.model import load_tokenizer, tokenize
+    from kfold_nlp.model.regressor import load_tokenizer, tokenize
 
     cfg = race.config("tiny", "fp32", batch_size=8, max_length=32)
     texts = ["A short text about reading.", "Another one, a little longer than the first one."] * 20
@@ -138,7 +139,7 @@ def test_race_contestants_report_the_device_they_ran_on(monkeypatch, tmp_path, f
 
 
 def test_benchmark_header_names_the_machine():
-    line = hardware.header(hardware.record())
-    assert line.startswith(f"hardware: {hardware.cpu_model()} ({hardware.cpu_capability()}, ")
-    assert f"{hardware.usable_cores()} usable cores" in line and f"torch {torch.__version__}" in line
-    assert json.dumps(hardware.record("fp32"))  # JSON-ready, as metrics.json and W&B need
+    line = runtime.header(runtime.record())
+    assert line.startswith(f"hardware: {runtime.cpu_model()} ({runtime.cpu_capability()}, ")
+    assert f"{runtime.usable_cores()} usable cores" in line and f"torch {torch.__version__}" in line
+    assert json.dumps(runtime.record("fp32"))  # JSON-ready, as metrics.json and W&B need

@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 from conftest import ROOT, read_metrics, run_cli, tiny_overrides
-from kfold_nlp import hardware, lock
+from kfold_nlp.cv import lock
+from kfold_nlp.train import runtime
 
 pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
 
@@ -30,7 +31,7 @@ def test_parallel_fold_jobs_give_the_sequential_result(launcher, tiny_run, tmp_p
     assert sorted(p.name for p in (run_dir / ".jobs").iterdir() if p.name.isdigit()) == ["0", "1", "2"]
     assert (run_dir / "submission.csv").exists() and not list(run_dir.glob("fold_*/snapshot"))
     # the three jobs run side by side on this machine's cores: each takes its share, never every core
-    share = hardware.split_cores(min(3, hardware.usable_cores()))
+    share = runtime.split_cores(min(3, runtime.usable_cores()))
     assert [read_metrics(run_dir)["folds"][k]["threads"] for k in "012"] == [share] * 3
 
 
@@ -39,13 +40,13 @@ def test_collect_rebuilds_a_run_and_names_the_unfinished_folds(tiny_run, tmp_pat
     shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
     for name in ("oof.csv", "metrics.json", "submission.csv"):
         (run_dir / name).unlink()
-    run_cli(str(run_dir), module="kfold_nlp.collect")
+    run_cli("collect", str(run_dir), module="kfold_nlp.cli")
     for name in ("oof.csv", "submission.csv"):
         assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes()
     assert read_metrics(run_dir)["cv"]["rmse"] == read_metrics(tiny_run)["cv"]["rmse"]
 
     (run_dir / "fold_2" / "result.json").unlink()
-    proc = run_cli(str(run_dir), module="kfold_nlp.collect", check=False)
+    proc = run_cli("collect", str(run_dir), module="kfold_nlp.cli", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {run_dir}: fold(s) 2 not finished (no fold_<k>/result.json); "
                                    f"train them with RESUME={run_dir}")
@@ -63,7 +64,7 @@ def test_the_fold_jobs_of_a_launcher_killed_outright_end_with_it(tiny_run, tmp_p
                                     stdout=subprocess.DEVNULL, stderr=stderr)
     started = []
     try:
-        while len(list(run_dir.glob(f"fold_*/{lock.HOLDER}"))) < min(3, hardware.usable_cores()):  # jobs training
+        while len(list(run_dir.glob(f"fold_*/{lock.HOLDER}"))) < min(3, runtime.usable_cores()):  # jobs training
             assert launcher.poll() is None, err.read_text()[-3000:]
             time.sleep(0.5)
         started = psutil.Process(launcher.pid).children(recursive=True)

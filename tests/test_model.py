@@ -11,14 +11,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import save_model
 
-import kfold_nlp.model as model_module
+import kfold_nlp.model.regressor as model_module
 from kfold_nlp import predict as predict_module
-from kfold_nlp.model import Pooler, build_model, load_tokenizer, tokenize
-from kfold_nlp.optim import build_optimizer
-from kfold_nlp.paths import CONFIG_DIR
-from kfold_nlp.regularizers import Regularizer
-from kfold_nlp.tasks import Task
-from kfold_nlp.trainer import EncodedRows, make_accelerator, make_loader, optimizer_step, predict
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.data.loading import EncodedRows, make_loader
+from kfold_nlp.model.optim import build_optimizer
+from kfold_nlp.model.regressor import Pooler, build_model, load_tokenizer, tokenize
+from kfold_nlp.model.regularizers import Regularizer
+from kfold_nlp.model.tasks import Task
+from kfold_nlp.train.loop import optimizer_step, predict
+from kfold_nlp.train.runtime import make_accelerator
 
 PRECISIONS = ["fp32", "bf16"] + (["fp16"] if torch.cuda.is_available() else [])
 TEXTS = ["A short text.", "A somewhat longer text about reading and how hard it is.", "Tiny.",

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, read_metrics, run_cli
-from kfold_nlp import report
+from kfold_nlp.analysis import report
 from test_sweep import two_job_sweep  # noqa: F401  (the shared session fixture)
 
 NOTEBOOK = ROOT / "notebooks" / "oof_analysis.ipynb"
@@ -27,7 +27,7 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
 
 @pytest.mark.slow
 def test_notebook_executes_headless_on_the_sweep_and_compares_both_jobs(two_job_sweep):
-    run_cli(str(two_job_sweep), module="kfold_nlp.report")  # what `make notebook RUNS=<sweep>` runs
+    run_cli("report", str(two_job_sweep), module="kfold_nlp.cli")  # what `make notebook RUNS=<sweep>` runs
     html = (two_job_sweep / "oof_analysis.html").read_text()
     nb = nbformat.read(two_job_sweep / "oof_analysis.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

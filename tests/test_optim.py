@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from transformers import AutoModel, DebertaV2Config, RobertaConfig
 
-from kfold_nlp.model import TextRegressor, build_model, load_tokenizer
-from kfold_nlp.optim import build_optimizer, build_scheduler, param_groups, weight_penalty
-from kfold_nlp.paths import CONFIG_DIR
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.model.optim import build_optimizer, build_scheduler, param_groups, weight_penalty
+from kfold_nlp.model.regressor import TextRegressor, build_model, load_tokenizer
 
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw"]
 NO_DROPOUT = ["model.head_dropout=0", "model.backbone_dropout=0"]

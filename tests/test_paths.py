@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from kfold_nlp.paths import offline_for_local
+from kfold_nlp.config.paths import offline_for_local
 
 
 @pytest.mark.parametrize("spelling", ["weights", "MiniLM-copy", "my-model"])

@@ -14,15 +14,15 @@ from torch import nn
 
 import kfold_nlp  # noqa: F401  (registers the ${minilm_path:} resolver)
 from conftest import TEXTS
-from kfold_nlp.model import build_model
-from kfold_nlp.regularizers import Regularizer, set_dropout
-from kfold_nlp.regularizers.base import model_inputs
-from kfold_nlp.regularizers.mixout import MixLinear, Mixout
-from kfold_nlp.regularizers.mixup import Mixup
-from kfold_nlp.regularizers.msd import MultiSampleDropout, MultiSampleDropoutLayer
-from kfold_nlp.regularizers.no_dropout import NoDropout
-from kfold_nlp.regularizers.rdrop import RDrop, consistency
-from kfold_nlp.tasks import GaussianNLL, Task
+from kfold_nlp.model.regressor import build_model
+from kfold_nlp.model.regularizers import Regularizer, set_dropout
+from kfold_nlp.model.regularizers.base import model_inputs
+from kfold_nlp.model.regularizers.mixout import MixLinear, Mixout
+from kfold_nlp.model.regularizers.mixup import Mixup
+from kfold_nlp.model.regularizers.msd import MultiSampleDropout, MultiSampleDropoutLayer
+from kfold_nlp.model.regularizers.no_dropout import NoDropout
+from kfold_nlp.model.regularizers.rdrop import RDrop, consistency
+from kfold_nlp.model.tasks import GaussianNLL, Task
 
 ROOT = Path(__file__).resolve().parents[1]
 MSE = Task().loss  # the task's loss: (pred, batch) -> the MSE on batch["target"]

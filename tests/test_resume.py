@@ -18,10 +18,10 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from conftest import ROOT, read_metrics, run_cli, start_until, tiny_overrides
-from kfold_nlp import lock
-from kfold_nlp.cv import check_run_config
-from kfold_nlp.data import DataError
-from kfold_nlp.paths import CONFIG_DIR
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.cv import lock
+from kfold_nlp.cv.prepare import check_run_config
+from kfold_nlp.errors import DataError
 
 TEMP = re.compile(r"\..+\.tmp")  # files.atomic_path's temporary names
 
@@ -257,7 +257,7 @@ def test_a_finished_fold_never_keeps_its_snapshot(how, tiny_run, tmp_path):
     if how == "resume":
         run_cli(*resume_overrides(tiny_run.parent / "data", run_dir))
     else:
-        run_cli(str(run_dir), module="kfold_nlp.collect")
+        run_cli("collect", str(run_dir), module="kfold_nlp.cli")
     assert not [p.name for p in (run_dir / "fold_1").iterdir() if "snapshot" in p.name]
     for name in ("oof.csv", "submission.csv"):
         assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes(), name
@@ -354,7 +354,8 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_changes_nothing(held, st
         before = every_file(run_dir)
         args = {"resume": resume_overrides(data, run_dir), "pinned": tiny_overrides(data, run_dir),
                 "launcher": [*resume_overrides(data, run_dir), "launcher=joblib"], "collect": [str(run_dir)]}[start]
-        proc = run_cli(*args, module="kfold_nlp.collect" if start == "collect" else "kfold_nlp", check=False)
+        proc = run_cli(*(["collect"] if start == "collect" else []), *args,
+                       module="kfold_nlp.cli" if start == "collect" else "kfold_nlp", check=False)
     finally:
         holder.kill()
         holder.wait()

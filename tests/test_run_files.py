@@ -10,7 +10,9 @@ import pytest
 
 from conftest import copy_run, run_cli
 from fake_runs import rows, write_run
-from kfold_nlp import collect, ensemble, predict
+from kfold_nlp import predict
+from kfold_nlp.analysis import ensemble
+from kfold_nlp.cv import collect
 
 RESULTS = ("oof.csv", "submission.csv", "metrics.json")
 

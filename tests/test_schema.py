@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import run_cli, tiny_overrides
-from kfold_nlp.paths import CONFIG_DIR
-from kfold_nlp.schema import OPTIMIZER, RULES, ConfigError, is_missing, regularizer_class, validate
-from kfold_nlp.tasks import task_class
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.config.schema import OPTIMIZER, RULES, ConfigError, is_missing, regularizer_class, validate
+from kfold_nlp.model.tasks import task_class
 from kfold_nlp.track.base import tracker_class
 
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir()
@@ -133,8 +133,8 @@ def test_a_new_optimizer_is_a_yaml_only():
     """torch.optim.Adamax is in no table: its keys come from its signature, and build_optimizer makes it."""
     import torch
 
-    from kfold_nlp.model import build_model
-    from kfold_nlp.optim import build_optimizer
+    from kfold_nlp.model.optim import build_optimizer
+    from kfold_nlp.model.regressor import build_model
 
     cfg = config("optimizer._target_=torch.optim.Adamax", "~optimizer.fused", "+optimizer.maximize=false")
     validate(cfg, check_files=False)
@@ -161,8 +161,7 @@ def test_paths_are_checked(tmp_path):
 
 
 def test_texts_are_truncated_to_max_length_from_its_smallest_valid_value(model_cfg):
-    from kfold_nlp.cv import tokenize
-    from kfold_nlp.model import load_tokenizer
+    from kfold_nlp.model.regressor import load_tokenizer, tokenize
 
     tokenizer = load_tokenizer(model_cfg)
     smallest = tokenizer.num_special_tokens_to_add() + 1

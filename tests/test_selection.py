@@ -14,10 +14,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import tiny_overrides
-from kfold_nlp import cv, holdout, selection
-from kfold_nlp.data import DataError
-from kfold_nlp.folds import HOLDOUT, holdout_rows
-from kfold_nlp.paths import CONFIG_DIR
+from kfold_nlp.analysis import holdout
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.cv.prepare import prepare
+from kfold_nlp.cv.run import run as run_cv
+from kfold_nlp.data.folds import HOLDOUT, holdout_rows
+from kfold_nlp.errors import DataError
+from kfold_nlp.train import selection
 from test_trainer import TARGETS, fit, fit_with_snapshots
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
@@ -142,7 +145,7 @@ def held_runs(tmp_path_factory):
         if name == "student":
             test = pd.read_csv(base / "test.csv")
             test.assign(id=[f"u{i}" for i in range(len(test))]).to_csv(base / "unlabeled.csv", index=False)
-        runs[name] = (base / name, cv.run(config_for(base, *extra), base / name))
+        runs[name] = (base / name, run_cv(config_for(base, *extra), base / name))
     return base, runs
 
 
@@ -207,6 +210,6 @@ def test_a_resume_with_another_holdout_is_refused_with_one_line(held_runs):
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     with pytest.raises(DataError, match=r"run_config.yaml: this run folder was started with another config; resume "
                                         r"it with the same overrides \(differing: cv.holdout\)$"):
-        cv.prepare(config_for(base, "cv.holdout=0.5", "trainer.also_select=[last,ema]", f"resume={run_dir}"),
+        prepare(config_for(base, "cv.holdout=0.5", "trainer.also_select=[last,ema]", f"resume={run_dir}"),
                    run_dir, texts=False)
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before

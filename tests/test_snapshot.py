@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from kfold_nlp import snapshot
+from kfold_nlp.train import snapshot
 
 
 def _optimizer():

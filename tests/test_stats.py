@@ -8,8 +8,8 @@ import pytest
 from scipy import stats as sps
 
 from fake_runs import rows, write_run
-from kfold_nlp import stats
-from kfold_nlp.summary import collect, compare_table, seed_table, sweep_table, write_compare, write_sweep
+from kfold_nlp.analysis import stats
+from kfold_nlp.analysis.summary import collect, compare_table, seed_table, sweep_table, write_compare, write_sweep
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_compare_table_interval_marks_a_shift_and_not_a_copy(tmp_path):
 
 
 def test_column_order_is_derived_from_the_regularizer_configs(tmp_path):
-    from kfold_nlp.summary import regularizer_order
+    from kfold_nlp.analysis.summary import regularizer_order
 
     order = regularizer_order()
     assert order[0] == "baseline" and sorted(order[1:]) == order[1:] and {"rdrop", "msd"} <= set(order)
@@ -219,7 +219,7 @@ def test_a_difference_below_the_practical_threshold_gets_no_mark_whatever_its_in
 
 def test_seeds_of_one_configuration_are_paired_not_compared_as_configurations(tmp_path):
     """What the notebook shows for a seed sweep: the seeds' own noise (a large seed effect) is no difference."""
-    from kfold_nlp import report
+    from kfold_nlp.analysis import report
 
     _seed_sweep(tmp_path)  # baseline and rdrop, seeds 0, 1, 2; rdrop better on every seed
     df = report.load_runs(report.find_runs([tmp_path]))
@@ -231,14 +231,14 @@ def test_seeds_of_one_configuration_are_paired_not_compared_as_configurations(tm
     assert table.loc["compared with", rdrop1] == base1  # the reference configuration's run of the same seed
     cv = df.set_index("label")["cv_rmse"]
     assert table.loc["RMSE diff", rdrop1] == pytest.approx(cv[rdrop1] - cv[base1])
-    from kfold_nlp.summary import format_compare
+    from kfold_nlp.analysis.summary import format_compare
 
     shown = format_compare(table)
     assert shown.loc["RMSE diff", base1] == "" and shown.loc["RMSE diff", rdrop1].endswith(" *")
 
 
 def test_rendered_tables_have_no_nan_and_no_negative_zero(tmp_path):
-    from kfold_nlp.summary import _markdown, format_table, text
+    from kfold_nlp.analysis.summary import _markdown, format_table, text
 
     assert text(-0.00001) == "0.0000" and text(-0.5) == "-0.5000" and text(np.nan) == "" and text(None) == ""
     md = _markdown(pd.DataFrame({"ci_hi": [-0.00004, 0.1], "sig": [np.nan, "*"], "n_seeds": [3, 3]}))

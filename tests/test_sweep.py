@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import ROOT, read_metrics, run_cli, tiny_overrides, wandb_runs
-from kfold_nlp.summary import collect, seed_table, sweep_table, write_compare, write_sweep
+from kfold_nlp.analysis.summary import collect, seed_table, sweep_table, write_compare, write_sweep
 
 RUN_FILES = ["metrics.json", "oof.csv", "folds.csv", "submission.csv", "fold_0/oof.csv", "fold_1/result.json"]
 
@@ -142,7 +142,7 @@ def test_slurm_preset_composes_for_a_gpu_cluster():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1 and launcher.timeout_min >= 60
     assert launcher.partition and launcher.cpus_per_task >= 1
-    assert cfg.hydra.callbacks.sweep_summary._target_ == "kfold_nlp.callbacks.SweepSummary"
+    assert cfg.hydra.callbacks.sweep_summary._target_ == "kfold_nlp.cv.callbacks.SweepSummary"
 
 
 @pytest.mark.parametrize("preset", ["rdrop", "msd", "baseline"])
@@ -232,7 +232,7 @@ def test_compare_table_still_has_one_column_per_experiment(tmp_path):
 def test_sweep_summary_and_the_end_of_a_sweep_name_the_folder_of_the_best_trial(tmp_path, caplog):
     from omegaconf import OmegaConf
 
-    from kfold_nlp.callbacks import SweepSummary
+    from kfold_nlp.cv.callbacks import SweepSummary
 
     for job, (lr, rmse) in enumerate([("1e-5", 0.6), ("3e-5", 0.5), ("5e-5", 0.7)]):
         fake_run(tmp_path / str(job), ["+hpo=rdrop", f"optimizer.lr={lr}"], rmse, status="ok")
@@ -240,6 +240,6 @@ def test_sweep_summary_and_the_end_of_a_sweep_name_the_folder_of_the_best_trial(
     line = f"best trial: {tmp_path / '1'} (CV RMSE 0.5000, params optimizer.lr=3e-5)"
     write_sweep(tmp_path)
     assert line in (tmp_path / "sweep.md").read_text()
-    with caplog.at_level("INFO", logger="kfold_nlp.callbacks"):
+    with caplog.at_level("INFO", logger="kfold_nlp.cv.callbacks"):
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert caplog.messages[-1] == line  # the last line a sweep prints

@@ -17,13 +17,15 @@ from safetensors.torch import save_model
 
 from conftest import TEXTS, read_metrics, run_cli, tiny_overrides
 from kfold_nlp import predict as predict_module
-from kfold_nlp.model import build_model, load_tokenizer, target_column
-from kfold_nlp.optim import build_optimizer
-from kfold_nlp.paths import CONFIG_DIR
-from kfold_nlp.regularizers.base import model_inputs
-from kfold_nlp.schema import ConfigError, validate
-from kfold_nlp.tasks import GaussianNLL, MultiTask, Task
-from kfold_nlp.trainer import EncodedRows, make_accelerator, make_loader, optimizer_step, predict
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.config.schema import ConfigError, validate
+from kfold_nlp.data.loading import EncodedRows, make_loader
+from kfold_nlp.model.optim import build_optimizer
+from kfold_nlp.model.regressor import build_model, load_tokenizer, target_column
+from kfold_nlp.model.regularizers.base import model_inputs
+from kfold_nlp.model.tasks import GaussianNLL, MultiTask, Task
+from kfold_nlp.train.loop import optimizer_step, predict
+from kfold_nlp.train.runtime import make_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 REGULARIZERS = sorted(p.stem for p in (ROOT / "conf" / "regularizer").glob("*.yaml"))
@@ -140,7 +142,7 @@ def test_every_task_composes_with_every_regularizer(task_name, reg_name, model_c
 
 
 def test_rdrop_consistency_is_on_the_target_column_of_a_two_output_head(model_cfg, batch):
-    from kfold_nlp.regularizers.rdrop import RDrop
+    from kfold_nlp.model.regularizers.rdrop import RDrop
 
     model, task = multitask_model(model_cfg)
     model.train()
@@ -154,7 +156,7 @@ def test_rdrop_consistency_is_on_the_target_column_of_a_two_output_head(model_cf
 
 
 def test_msd_with_a_two_output_head_averages_the_k_sample_losses(model_cfg, batch):
-    from kfold_nlp.regularizers.msd import MultiSampleDropout
+    from kfold_nlp.model.regularizers.msd import MultiSampleDropout
 
     model, task = multitask_model(model_cfg)
     MultiSampleDropout(k=3).setup(model)
@@ -201,7 +203,7 @@ def test_a_negative_or_infinite_standard_error_is_refused_naming_file_row_and_co
 
 @pytest.mark.slow
 def test_a_zero_standard_error_is_accepted(tiny_train):
-    from kfold_nlp.tasks import check_columns
+    from kfold_nlp.model.tasks import check_columns
 
     cfg = OmegaConf.create({"task": {"_target_": "kfold_nlp.tasks.GaussianNLL"}, "data": {"path": "train.csv"}})
     check_columns(cfg, tiny_train.assign(standard_error=tiny_train["standard_error"].mask(tiny_train.index == 0, 0)))
@@ -239,7 +241,8 @@ def test_new_choices_run_end_to_end_through_the_cli(name, tiny_run, tmp_path):
     assert list(sub.columns) == ["id", "target"]
     if name.startswith("multitask"):
         out = tmp_path / "pred.csv"  # make predict on a two-output run: the target column, as bagged
-        run_cli(str(run_dir), str(tiny_run.parent / "data" / "test.csv"), "--out", str(out), module="kfold_nlp.predict")
+        run_cli("predict", str(run_dir), str(tiny_run.parent / "data" / "test.csv"), "--out", str(out),
+            module="kfold_nlp.cli")
         np.testing.assert_allclose(pd.read_csv(out)["target"], sub["target"], atol=1e-5)
         logged = pd.read_csv(run_dir / "csv" / "rdrop-fold0" / "metrics.csv").groupby("step")["metric"].agg(set)
         logged = [m for m in logged if "train/mtl_logvar_se" in m]

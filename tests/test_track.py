@@ -14,10 +14,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import ROOT, read_metrics, tiny_overrides
-from kfold_nlp import cv
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.config.rules import check_params
+from kfold_nlp.cv.fold import saved_run_id
+from kfold_nlp.cv.prepare import adopt_run_config, check_run_config
+from kfold_nlp.cv.run import run as run_cv
 from kfold_nlp.errors import ConfigError
-from kfold_nlp.paths import CONFIG_DIR
-from kfold_nlp.rules import check_params
 from kfold_nlp.track.base import Run, Tracker, make, tracked, tracker_class
 from kfold_nlp.track.csv import CsvTracker
 from kfold_nlp.track.memory import MemoryTracker
@@ -35,7 +37,7 @@ def test_a_cv_run_logs_each_evaluation_and_the_best_score_to_its_fold_run(tmp_pa
     """One fold and the ``-cv`` run: names, group, job type, every evaluation, the summaries metrics.json has."""
     overrides = [o for o in tiny_overrides(tmp_path / "data", tmp_path, n_train=24) if not o.startswith("hydra.")]
     cfg = compose_cfg(*overrides, "logger=memory", "name=exp", "cv.folds=[0]", "trainer.eval_every=1")
-    cv.run(cfg, tmp_path / "run")
+    run_cv(cfg, tmp_path / "run")
     metrics = read_metrics(tmp_path / "run")
     fold, summary = memory_runs
     assert [(r.name, r.group, r.job_type, r.state) for r in memory_runs] == [
@@ -103,12 +105,12 @@ def test_only_rank_zero_tracks(monkeypatch):
 
 
 def test_a_resume_with_another_logger_takes_that_logger_whole(tmp_path):
-    cv.check_run_config(compose_cfg(), tmp_path)  # the run started with W&B
-    adopted = cv.adopt_run_config(compose_cfg(f"resume={tmp_path}", "logger=csv"), [f"resume={tmp_path}", "logger=csv"])
+    check_run_config(compose_cfg(), tmp_path)  # the run started with W&B
+    adopted = adopt_run_config(compose_cfg(f"resume={tmp_path}", "logger=csv"), [f"resume={tmp_path}", "logger=csv"])
     assert OmegaConf.to_container(adopted.logger) == {"_target_": "kfold_nlp.track.csv.CsvTracker", "tags": []}
     state = {"tracker": "kfold_nlp.track.wandb.WandbTracker", "tracker_id": "w-1"}
-    assert cv.saved_run_id(adopted, state) is None  # a W&B id means nothing to the CSV tracker
-    assert cv.saved_run_id(compose_cfg(), {"wandb_id": "w-0"}) == "w-0"  # a snapshot from before trackers
+    assert saved_run_id(adopted, state) is None  # a W&B id means nothing to the CSV tracker
+    assert saved_run_id(compose_cfg(), {"wandb_id": "w-0"}) == "w-0"  # a snapshot from before trackers
 
 
 def test_an_unknown_logger_key_is_refused_in_one_line():
@@ -131,7 +133,7 @@ def test_only_the_wandb_tracker_imports_wandb():
 
 @pytest.mark.slow
 def test_importing_the_runner_does_not_import_wandb():
-    code = ("import sys, kfold_nlp.cv, kfold_nlp.launch, kfold_nlp.collect, kfold_nlp.ensemble, kfold_nlp.track.wandb; "
-            "print('wandb' in sys.modules)")
+    code = ("import sys, kfold_nlp.cv.run, kfold_nlp.cv.launch, kfold_nlp.cv.collect, kfold_nlp.analysis.ensemble, "
+            "kfold_nlp.track.wandb; print('wandb' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(ROOT))
     assert out.stdout.strip() == "False"

@@ -10,22 +10,16 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import tiny_overrides
-from kfold_nlp import cv, snapshot
-from kfold_nlp.model import build_model, load_tokenizer, tokenize
-from kfold_nlp.optim import build_optimizer, weight_penalty
-from kfold_nlp.paths import CONFIG_DIR
-from kfold_nlp.regularizers import Regularizer
-from kfold_nlp.tasks import Task
-from kfold_nlp.trainer import (
-    Diverged,
-    EncodedRows,
-    eval_points,
-    make_accelerator,
-    make_loader,
-    micro_batch_groups,
-    optimizer_step,
-    train_fold,
-)
+from kfold_nlp.config.paths import CONFIG_DIR
+from kfold_nlp.cv.run import run as run_cv
+from kfold_nlp.data.loading import EncodedRows, make_loader
+from kfold_nlp.model.optim import build_optimizer, weight_penalty
+from kfold_nlp.model.regressor import build_model, load_tokenizer, tokenize
+from kfold_nlp.model.regularizers import Regularizer
+from kfold_nlp.model.tasks import Task
+from kfold_nlp.train import snapshot
+from kfold_nlp.train.loop import Diverged, eval_points, micro_batch_groups, optimizer_step, train_fold
+from kfold_nlp.train.runtime import make_accelerator
 
 LR = 0.05
 TEXTS = [("word " * (3 + 5 * i % 17)) + f"number {i}" for i in range(12)]
@@ -130,7 +124,7 @@ def test_a_non_finite_loss_or_validation_mse_stops_the_fold_at_once(where, monke
         with pytest.raises(Diverged, match=r"^fold 3 diverged at step 2 \(loss nan\); lower optimizer.lr"):
             fit_fold_of(6, 2, "optimizer.lr=1e12", fold=3)
     else:
-        monkeypatch.setattr("kfold_nlp.trainer.predict", lambda *a, **k: np.full(6, np.nan))
+        monkeypatch.setattr("kfold_nlp.train.loop.predict", lambda *a, **k: np.full(6, np.nan))
         with pytest.raises(Diverged, match=r"^fold 0 diverged at step 2 \(validation MSE nan\)"):
             fit_fold_of(6, 2, "trainer.eval_every=2")
 
@@ -253,7 +247,7 @@ def test_early_stopping_ends_the_fold_before_its_planned_steps_and_says_so(tmp_p
 
     overrides = [o for o in tiny_overrides(tmp_path / "data", tmp_path, n_train=24) if not o.startswith("hydra.")]
     with caplog.at_level("INFO", logger="kfold_nlp"):
-        cv.run(config(*overrides, "logger=none", "name=exp", "cv.folds=[0]", "trainer.eval_every=1",
+        run_cv(config(*overrides, "logger=none", "name=exp", "cv.folds=[0]", "trainer.eval_every=1",
                       "optimizer.lr=0", "trainer.patience=1", "trainer.epochs=3"), tmp_path / "run")
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fold 0: val RMSE")]
     assert "at step 1 of 2 (stopped early: 1 evaluation without a better one; 6 planned)" in line

@@ -15,11 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from . import lock, orphans
+from .config.paths import CONFIG_DIR, offline_for_local
+from .cv import lock, orphans
 from .errors import DataError, Exit, environment_fault, refuse
-from .paths import CONFIG_DIR, offline_for_local
 
 log = logging.getLogger("kfold_nlp")
+
+
 STUB = {".hydra", "run.log", *lock.FILES}  # what Hydra (and the run lock) put into a run folder before our code runs
 
 
@@ -58,7 +60,7 @@ def _terminate(signum, frame):
 def resolve_run_precision(cfg: DictConfig) -> str | None:
     """Replace ``trainer.precision=auto`` by what this machine runs natively (the resolved value is what
     ``run_config.yaml``, ``metrics.json`` and W&B record); returns the line that says why, or a warning."""
-    from .hardware import resolve_precision
+    from .train.runtime import resolve_precision
 
     if cfg.trainer.get("precision") is None:
         return None
@@ -76,32 +78,35 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(cfg.output) if fold_job else Path(hc.runtime.output_dir)
     job = {"num": hc.job.num, "sweep_id": Path(hc.sweep.dir).name} if multirun and not fold_job else {}
     offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
-    from .launch import pick_gpu
+    from .cv.launch import pick_gpu
 
     if fold_job:
         pick_gpu(cfg)
-    from . import cv, launch  # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
-    from .holdout import line as holdout_line
-    from .schema import ConfigError, validate
+    # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
+    from .analysis.holdout import line as holdout_line
+    from .config.schema import ConfigError, validate
+    from .cv import launch
+    from .cv.prepare import adopt_run_config, describe
+    from .cv.run import run
     from .track.base import make
-    from .trainer import Diverged
+    from .train.loop import Diverged
 
     try:
         if cfg.get("resume") is not None and is_stub(run_dir):  # Hydra made the folder a typo named
             _remove_stub(run_dir)
         if cfg.get("resume") is not None:  # the run's own config: RESUME=<folder> is enough
-            cfg = cv.adopt_run_config(cfg, list(hc.overrides.task))
+            cfg = adopt_run_config(cfg, list(hc.overrides.task))
             offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
         note = resolve_run_precision(cfg)
         validate(cfg)
         make(cfg.logger).check()  # e.g. W&B online without an API key: refused before the run folder fills
         if note is not None:  # the run's first line: what precision=auto chose and why, or bf16's warning
             (log.warning if note.startswith("warning") else log.info)(note)
-        log.info(cv.describe(cfg, run_dir))
+        log.info(describe(cfg, run_dir))
         if cfg.get("launcher") and not multirun:
             metrics = launch.run(cfg, run_dir, list(hc.overrides.task))
         else:
-            metrics = cv.run(cfg, run_dir, job)
+            metrics = run(cfg, run_dir, job)
     except (DataError, ConfigError) as err:
         if multirun:
             raise

@@ -1,4 +1,6 @@
-"""Atomic writes: a killed run never leaves a half-written file that looks complete."""
+"""The only atomic writer, with the JSON and CSV helpers on it: a killed run never leaves a half-written file that
+looks complete, and a renamed file has reached the disk (fsync before the rename), so a crash cannot leave an empty
+file under the final name either."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ def atomic_path(path: str | os.PathLike):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
         yield Path(tmp)
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except Exception as err:  # a full disk, say: the error names the file being written, never its temporary
         code, named = os_errno(err), getattr(err, "filename", None)

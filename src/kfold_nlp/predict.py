@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import load_table
+from .config.paths import offline_for_local
+from .data.loading import EncodedRows, make_loader
+from .data.tables import load_table
 from .errors import DataError, OneLineError, refuse
 from .files import write_csv
-from .paths import offline_for_local
-from .runfiles import check_model
-from .runfiles import read_run_config as run_config  # the config a run folder was started with
+from .rundir import check_model
+from .rundir import read_run_config as run_config  # the config a run folder was started with
+from .train.runtime import make_accelerator
 
 BAGGING = ("mean", "median")
 
@@ -58,9 +60,9 @@ def predict_texts(cfg, models: list[Path], texts, batch_size: int | None = None)
     from safetensors.torch import load_model
 
     offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
-    from .model import build_model, load_tokenizer, tokenize
-    from .tasks import n_outputs
-    from .trainer import EncodedRows, make_accelerator, make_loader, predict
+    from .model.regressor import build_model, load_tokenizer, tokenize
+    from .model.tasks import n_outputs
+    from .train.loop import predict
 
     tokenizer = load_tokenizer(cfg.model)
     accelerator = make_accelerator(cfg.trainer)

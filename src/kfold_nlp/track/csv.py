@@ -11,8 +11,8 @@ import csv
 import shutil
 from pathlib import Path
 
+from ..config.rules import Rule
 from ..files import read_json, write_csv, write_json
-from ..rules import Rule
 from .base import Run, Tracker
 
 

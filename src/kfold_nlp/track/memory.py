@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..rules import Rule
+from ..config.rules import Rule
 from .base import Run, Tracker
 
 

@@ -17,11 +17,13 @@ from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..config.rules import Rule
 from ..errors import ConfigError, EnvironmentFault
-from ..rules import Rule
 from .base import Run, Tracker
 
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
 log = logging.getLogger(__name__)
 
 

@@ -1,0 +1,1 @@
+"""Reading finished runs: finding them, statistics, compare and sweep tables, ensembles, reports."""

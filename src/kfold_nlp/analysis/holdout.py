@@ -1,0 +1,74 @@
+"""What a run's holdout says of its selection policies: bagged holdout RMSE, each fold's holdout beside its
+validation RMSE, and the selection optimism (how much the checkpoint choice flatters the CV) with its interval.
+
+The optimism of a policy is the mean over folds of (holdout RMSE - validation RMSE) of the weights it chose. The
+validation rows picked the checkpoint under ``best``; the holdout rows picked nothing, so a positive optimism is
+what the CV claims beyond what unseen rows give. Its interval is a bootstrap over rows: the holdout rows drawn once
+per resample for every fold (they are the same rows), each fold's validation rows drawn within the fold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..predict import bag
+from . import stats
+
+
+def _fold_rmse(sq: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """RMSE of one column of squared errors under each resample, ``(n_boot,)``."""
+    return np.sqrt(counts @ sq / sq.size)
+
+
+def optimism(val: dict[int, tuple[np.ndarray, np.ndarray]], holdout_target: np.ndarray,
+             holdout: dict[int, np.ndarray], n_boot: int = stats.N_BOOT, seed: int = stats.SEED) -> dict:
+    """``val``: fold -> (its rows' targets, predictions); ``holdout``: fold -> its model's holdout predictions.
+    Returns ``mean`` (the optimism), ``lo``, ``hi`` (its 95% bootstrap interval)."""
+    folds = sorted(val)
+    held_counts = stats.resample_counts(np.zeros(len(holdout_target)), n_boot, seed + 1)
+    gaps, samples = [], np.zeros(n_boot)
+    for k in folds:
+        target, pred = val[k]
+        sq_val, sq_held = (pred - target) ** 2, (holdout[k] - holdout_target) ** 2
+        gaps.append(np.sqrt(sq_held.mean()) - np.sqrt(sq_val.mean()))
+        val_counts = stats.resample_counts(np.zeros(len(target)), n_boot, seed + 2 + k)
+        samples += _fold_rmse(sq_held, held_counts) - _fold_rmse(sq_val, val_counts)
+    interval = stats.percentile_interval(float(np.mean(gaps)), samples / len(folds))
+    return {"mean": interval.diff, "lo": interval.lo, "hi": interval.hi}
+
+
+def summarize(val_preds: dict[int, dict[str, np.ndarray]], val_targets: dict[int, np.ndarray],
+              holdout_target: np.ndarray | None, holdout_preds: dict[int, dict[str, np.ndarray]] | None,
+              own: str, bagging: str) -> dict:
+    """Every scored policy's CV RMSE (pooled over the folds' validation rows) and, with a holdout, its bagged
+    holdout RMSE, fold RMSEs and optimism; ``own`` (``trainer.select``) is the one the run keeps."""
+    folds = sorted(val_preds)
+    names = [own, *[n for n in val_preds[folds[0]] if n not in (own, "pred")]]
+    out = {"select": own, "policies": {}}
+    for name in names:
+        key = "pred" if name == own else name
+        sq = np.concatenate([(val_preds[k][key] - val_targets[k]) ** 2 for k in folds])
+        entry = {"cv_rmse": float(np.sqrt(sq.mean())),
+                 "folds": {str(k): {"val_rmse": stats.rmse(val_targets[k], val_preds[k][key])} for k in folds}}
+        if holdout_preds is not None:
+            bagged = bag(np.stack([holdout_preds[k][key] for k in folds]), bagging)
+            entry["holdout_rmse"] = stats.rmse(holdout_target, bagged)
+            for k in folds:
+                entry["folds"][str(k)]["holdout_rmse"] = stats.rmse(holdout_target, holdout_preds[k][key])
+            entry["optimism"] = optimism({k: (val_targets[k], val_preds[k][key]) for k in folds}, holdout_target,
+                                         {k: holdout_preds[k][key] for k in folds})
+        out["policies"][name] = entry
+    if holdout_preds is not None:
+        out["rows"] = len(holdout_target)
+        own_entry = out["policies"][own]
+        out |= {"rmse": own_entry["holdout_rmse"], "optimism": own_entry["optimism"]}
+    return out
+
+
+def line(summary: dict) -> str:
+    """The part of a run's last line: ``holdout RMSE 0.5712 | selection optimism +0.0132 [+0.0041, +0.0220]``."""
+    if "rmse" not in summary:
+        return ""
+    o = summary["optimism"]
+    return (f" | holdout RMSE {summary['rmse']:.4f} ({summary['rows']} rows) | selection optimism "
+            f"{o['mean']:+.4f} [{o['lo']:+.4f}, {o['hi']:+.4f}]")

@@ -1,0 +1,53 @@
+"""The one command line: ``kfold-nlp <command> ...`` (or ``python -m kfold_nlp.cli``), each command a module's main.
+
+``cv`` is the Hydra application (``python -m kfold_nlp`` runs it too); the others take plain arguments. Each command's
+module is imported only when it runs, so ``kfold-nlp --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .errors import Exit
+
+# command -> (module, what it does); the module has main(argv) (cv: Hydra's main, reading sys.argv)
+COMMANDS = {
+    "cv": ("kfold_nlp.__main__", "a K-fold CV run: kfold-nlp cv experiment=rdrop data=commonlit cv.n_splits=3"),
+    "predict": ("kfold_nlp.predict", "bagged predictions of a run's fold models: kfold-nlp predict RUN [INPUT]"),
+    "collect": ("kfold_nlp.cv.collect", "rebuild a run's oof.csv, submission.csv, metrics.json: kfold-nlp collect RUN"),
+    "compare": ("kfold_nlp.analysis.summary", "the compare table of a folder of runs: kfold-nlp compare FOLDER"),
+    "sweep": ("kfold_nlp.analysis.summary", "the sweep table of a multirun folder: kfold-nlp sweep FOLDER"),
+    "ensemble": ("kfold_nlp.analysis.ensemble", "blend runs on the same folds: kfold-nlp ensemble RUN RUN ..."),
+    "report": ("kfold_nlp.analysis.report", "the OOF analysis notebook as HTML: kfold-nlp report RUN ..."),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
+    return "usage: kfold-nlp <command> [arguments]\n\ncommands:\n" + "\n".join(lines) + (
+        "\n\n`kfold-nlp <command> --help` tells more about one of them.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if argv else Exit.BAD_INPUT)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: {command}: not a command; one of {', '.join(COMMANDS)} (kfold-nlp --help)", file=sys.stderr)
+        sys.exit(Exit.BAD_INPUT)
+    module = importlib.import_module(COMMANDS[command][0])
+    if command == "cv":  # Hydra reads the command line itself
+        sys.argv = [f"{sys.argv[0]} cv", *rest]
+        module.main()
+    elif command in ("compare", "sweep"):
+        module.main([command, *rest])
+    else:
+        module.main(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""One fold: its model, loaders and tracker run, trained and written to fold_<k>/ (result.json last)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate.utils import set_seed
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_model
+
+from ..data import fingerprint
+from ..data.folds import HOLDOUT
+from ..data.loading import EncodedRows, make_loader
+from ..files import atomic_path, write_csv, write_json
+from ..model.regressor import build_model
+from ..rundir import fold_dir
+from ..track.base import WANDB_TARGET, make, target, tracked
+from ..train import runtime, snapshot
+from ..train.loop import predict, train_fold
+from ..train.runtime import memory_mb, release_freed_memory, reset_peak_memory
+from .prepare import Prepared
+
+log = logging.getLogger(__name__)
+
+
+def build_fold_model(cfg: DictConfig, fold: int, rank: int = 0):
+    """The task, model and regularizer of fold ``fold``, seeded so that every DDP rank starts from the same weights
+    (and Mixout from the same pretrained targets), then each rank draws its own dropout masks; rank 0 keeps the
+    single-process random stream, so one process reproduces a run whatever launched it."""
+    set_seed(cfg.seed + fold)
+    task = instantiate(cfg.task)
+    model = build_model(cfg.model, n_outputs=task.n_outputs)
+    task.setup(model)
+    regularizer = instantiate(cfg.regularizer)
+    regularizer.setup(model)
+    if rank:
+        set_seed(cfg.seed + fold + 7919 * rank)
+    return task, model, regularizer
+
+
+def tracked_config(cfg: DictConfig) -> dict:
+    """What a tracker run records as its config: the resolved config and the hardware it ran on."""
+    return OmegaConf.to_container(cfg, resolve=True) | {"hardware": runtime.record(cfg.trainer.precision)}
+
+
+def saved_run_id(cfg: DictConfig, state: dict) -> str | None:
+    """The tracker run a snapshot recorded, if this start tracks with the same tracker (a snapshot from before
+    trackers were chosen by config recorded a W&B id)."""
+    if state.get("tracker", WANDB_TARGET) != target(cfg.logger):
+        return None
+    return state.get("tracker_id", state.get("wandb_id"))
+
+
+def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelerator, group: str) -> dict:
+    """Train fold ``fold`` and write ``fold_<k>/``: model, OOF and test predictions, then ``result.json``."""
+    fdir, targets, workers = fold_dir(run_dir, fold), data.targets, cfg.trainer.num_workers
+    tr, va = np.flatnonzero((data.folds != fold) & (data.folds != HOLDOUT)), np.flatnonzero(data.folds == fold)
+    held = np.flatnonzero(data.folds == HOLDOUT)
+    release_freed_memory()  # the previous fold's memory, so that this fold's peak is its own
+    reset_peak_memory()
+    saved = snapshot.load(fdir)  # a fold continuing from its snapshot continues its tracker run too
+    run_id = saved_run_id(cfg, saved.state) if saved is not None else None
+    with tracked(make(cfg.logger), run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
+                 config=tracked_config(cfg), run_id=run_id) as tracker_run:
+        task, model, regularizer = build_fold_model(cfg, fold, accelerator.process_index)
+        train_rows = EncodedRows(data.enc, tr, targets, {c: data.train[c].to_numpy() for c in task.columns})
+        if data.distill is not None:  # soft targets and pseudo-labels, from the teacher's fold-k model only
+            record = fdir / "soft_targets.csv" if accelerator.is_main_process else None
+            train_rows = data.distill.fold_rows(fold, train_rows, record)
+        train_loader = make_loader(train_rows, data.tokenizer, cfg.trainer.batch_size, True, cfg.seed + fold, workers)
+        val_loader = make_loader(EncodedRows(data.enc, va, targets), data.tokenizer, cfg.trainer.eval_batch_size,
+                                 False, num_workers=workers)
+        holdout_loader = make_loader(EncodedRows(data.enc, held, targets), data.tokenizer,
+                                     cfg.trainer.eval_batch_size, False, num_workers=workers) if len(held) else None
+
+        def log_eval(metrics: dict, step: int) -> None:
+            tracker_run.log(metrics, step=step)
+            log.debug("fold %d step %d: %s", fold, step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+        res = train_fold(model, regularizer, train_loader, val_loader, targets[va], cfg, accelerator,
+                         log=log_eval, fold=fold, task=task, snapshot_dir=fdir,
+                         extra_state={"tracker": target(cfg.logger), "tracker_id": tracker_run.id}, saved=saved,
+                         holdout_loader=holdout_loader)
+        if res.resumed_from is not None:
+            log.info("fold %d: continued from its snapshot at step %d", fold, res.resumed_from)
+            tracker_run.update_summary({"resumed_from_step": res.resumed_from})
+        model.load_state_dict(res.best_state)
+        result = {"mse": res.best_mse, "rmse": res.best_rmse, "best_step": res.best_step, "steps": res.steps,
+                  "planned_steps": res.planned_steps,
+                  "train_time_s": round(res.train_time, 2), "eval_time_s": round(res.eval_time, 2),
+                  "keep_best_time_s": round(res.keep_time, 2), "snapshot_time_s": round(res.snapshot_time, 2),
+                  "threads": torch.get_num_threads(), **memory_mb()}
+        if len(held):
+            for name, pred in res.holdout_pred.items():
+                res.selection[name]["holdout_mse"] = float(np.mean((pred - targets[held]) ** 2))
+            result["holdout_mse"] = res.selection[cfg.trainer.select]["holdout_mse"]
+            result["holdout_rmse"] = math.sqrt(result["holdout_mse"])
+        result["select"] = cfg.trainer.select
+        if len(res.selection) > 1 or len(held):
+            result["selection"] = res.selection
+        tracker_run.update_summary({"best/val_mse": res.best_mse, "best/val_rmse": res.best_rmse,
+                                    "best/step": res.best_step}
+                                   | ({"best/holdout_rmse": result["holdout_rmse"]} if len(held) else {}))
+        if data.test is not None:
+            rows = EncodedRows(data.test_enc, np.arange(len(data.test)))
+            loader = accelerator.prepare(make_loader(rows, data.tokenizer, cfg.trainer.eval_batch_size, False,
+                                                     num_workers=workers))
+            test_pred = predict(model, loader, accelerator)
+            accelerator.free_memory()
+        if accelerator.is_main_process:
+            if cfg.trainer.save_models:
+                with atomic_path(fdir / "model.safetensors") as tmp:
+                    save_model(model, str(tmp))
+            others = {f"pred_{k}": v for k, v in res.val_preds.items() if k != cfg.trainer.select}
+            write_csv(pd.DataFrame({"id": data.train["id"].iloc[va], "pred": res.val_pred} | others), fdir / "oof.csv")
+            if len(held):  # the fold's own policy as "pred", every scored policy as "pred_<policy>"
+                write_csv(pd.DataFrame({"id": data.train["id"].iloc[held],
+                                        "pred": res.holdout_pred[cfg.trainer.select]}
+                                       | {f"pred_{k}": v for k, v in res.holdout_pred.items()
+                                          if k != cfg.trainer.select}),
+                          fdir / "holdout_pred.csv")
+            if data.test is not None:
+                write_csv(pd.DataFrame({"id": data.test["id"], "pred": test_pred}), fdir / "test_pred.csv")
+            write_json(result | {"made_from": fingerprint.made_from(run_dir)}, fdir / "result.json")  # last: done
+            if not cfg.trainer.keep_snapshot:
+                snapshot.remove(fdir)
+    stopped = "" if result["steps"] >= result["planned_steps"] else (
+        f" (stopped early: {cfg.trainer.patience} evaluation{'s' * (cfg.trainer.patience != 1)} without a better "
+        f"one; {result['planned_steps']} planned)")
+    held_out = f", holdout RMSE {result['holdout_rmse']:.4f}" if "holdout_rmse" in result else ""
+    log.info("fold %d: val RMSE %.4f (MSE %.4f%s) %s %d of %d%s, %.0f s (evaluation %.0f%%, peak RSS %.0f MiB)",
+             fold, result["rmse"], result["mse"], held_out, _chosen(cfg.trainer.select), result["best_step"],
+             result["steps"], stopped,
+             result["train_time_s"], 100 * result["eval_time_s"] / max(result["train_time_s"], 1e-9),
+             result["peak_rss_mb"])
+    return result
+
+
+def _chosen(select: str) -> str:
+    return {"best": "best at step", "best_epoch": "best epoch end at step", "last": "last, step",
+            "ema": "EMA of the steps to", "swa": "SWA of the evaluations to"}[select]

@@ -1,0 +1,1 @@
+"""The model: backbone + pooling + head, tasks, regularizers, optimizers and schedules."""

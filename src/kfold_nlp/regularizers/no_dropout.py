@@ -1,8 +1,0 @@
-"""No dropout anywhere: strong CommonLit solutions found regression fine-tuning works best without it."""
-
-from .base import Regularizer, set_dropout
-
-
-class NoDropout(Regularizer):
-    def setup(self, model):
-        set_dropout(model, 0.0)
