@@ -146,3 +146,28 @@ def test_online_wandb_without_a_key_is_refused_at_the_start(tiny_run, tmp_path):
     assert proc.stderr.strip() == ("error: logger.mode=online: no W&B API key for api.wandb.ai (set WANDB_API_KEY "
                                    "or run `wandb login`); or use logger.mode=offline and `wandb sync` later")
     assert not run_dir.exists()
+
+
+def test_the_one_entry_lists_its_commands_and_refuses_an_unknown_one_with_one_line(capsys):
+    from kfold_nlp import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and all(f"  {name} " in out for name in cli.COMMANDS)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["colect", "outputs/x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err == ["error: colect: not a command; one of cv, predict, collect, compare, "
+                                             "sweep, ensemble, report (kfold-nlp --help)"]
+
+
+def test_each_command_reaches_its_module_with_its_arguments(tmp_path, capsys):
+    """A missing run folder, through the one entry: the command's own one-line refusal and exit status."""
+    from kfold_nlp import cli
+
+    for command in ("collect", "predict"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, str(tmp_path / "nowhere")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and f"{tmp_path / 'nowhere'}: does not exist" in err[0], err

@@ -164,3 +164,29 @@ def test_ensemble_refuses_a_member_without_a_pred_column(tmp_path, capsys):
     (b / "oof.csv").write_text(good)
     ensemble.main(args)
     assert (out / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_folder_from_before_the_sub_package_layout_is_collected_and_predicted(tiny_run, tmp_path, capsys,
+                                                                                 fresh_accelerator_state):
+    """Its run_config.yaml names the classes where they were (kfold_nlp.tasks, kfold_nlp.regularizers) and lacks
+    the keys added since (trainer.select, cv.holdout, ...): read as the run it was, it collects and predicts alike."""
+    run_dir = copy_run(tiny_run, tmp_path / "run", models=True)
+    before = results(run_dir)
+    predict.main([str(run_dir)])
+    expected = (run_dir / "predictions" / "test.csv").read_bytes()
+    for name in ("run_config.yaml", ".hydra/config.yaml"):
+        path = run_dir / name
+        text = path.read_text().replace("kfold_nlp.model.tasks.", "kfold_nlp.tasks.")
+        text = text.replace("kfold_nlp.model.regularizers.", "kfold_nlp.regularizers.")
+        text = "".join(line for line in text.splitlines(keepends=True)
+                       if line.split(":")[0].strip() not in ("select", "also_select", "ema_decay", "swa_evals",
+                                                              "holdout"))
+        assert "kfold_nlp.tasks." in text and "select:" not in text
+        path.write_text(text)
+    (run_dir / "predictions" / "test.csv").unlink()
+    collect.main([str(run_dir)])
+    assert results(run_dir)["oof.csv"] == before["oof.csv"]
+    assert results(run_dir)["submission.csv"] == before["submission.csv"]
+    predict.main([str(run_dir)])
+    assert (run_dir / "predictions" / "test.csv").read_bytes() == expected
