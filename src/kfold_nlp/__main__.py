@@ -83,9 +83,9 @@ def main(cfg: DictConfig) -> float:
     if fold_job:
         pick_gpu(cfg)
     # heavy imports after Hydra has parsed the command line (fast --help, --cfg)
-    from .analysis.holdout import line as holdout_line
     from .config.schema import ConfigError, validate
     from .cv import launch
+    from .cv.collect import result_line
     from .cv.prepare import adopt_run_config, describe
     from .cv.run import run
     from .track.base import make
@@ -140,12 +140,8 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
     if not multirun:
         _point_latest(run_dir)
-    c, folds = metrics["cv"], cfg.cv.folds
-    covers = "" if folds is None else f" over folds {list(folds)} only ({len(folds)} of {cfg.cv.n_splits} folds)"
-    log.info("Run folder: %s | CV RMSE %.4f | CV MSE %.4f%s (predicting the training mean: RMSE %.4f)%s",
-             run_dir, c["rmse"], c["mse"], covers, c["mean_predictor_rmse"],
-             holdout_line(metrics.get("selection", {})))
-    return c["rmse"]
+    log.info(result_line(run_dir, metrics, cfg))
+    return metrics["cv"]["rmse"]
 
 
 if __name__ == "__main__":

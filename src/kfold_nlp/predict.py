@@ -13,29 +13,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .bagging import BAGGING, bag
 from .config.paths import offline_for_local
 from .data.loading import EncodedRows, make_loader
 from .data.tables import load_table
+from .data.tables import test_file as data_test_file
 from .errors import DataError, OneLineError, refuse
 from .files import write_csv
-from .rundir import check_model
+from .rundir import check_model, expected_folds, fold_dir
 from .rundir import read_run_config as run_config  # the config a run folder was started with
 from .train.runtime import make_accelerator
-
-BAGGING = ("mean", "median")
-
-
-def bag(test_preds: np.ndarray, how: str) -> np.ndarray:
-    """Combine the fold models' predictions (folds x rows) into one."""
-    if how not in BAGGING:
-        raise ValueError(f"cv.bagging must be mean or median, got {how!r}")
-    return np.mean(test_preds, 0) if how == "mean" else np.median(test_preds, 0)
 
 
 def fold_models(run_dir: Path, cfg) -> list[Path]:
     """Every fold model the run trained; a missing one is refused rather than silently left out of the bag."""
-    folds = list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(cfg.cv.n_splits))
-    models = [run_dir / f"fold_{k}" / "model.safetensors" for k in folds]
+    models = [fold_dir(run_dir, k) / "model.safetensors" for k in expected_folds(cfg)]
     found = [m for m in models if m.is_file()]
     if not found:
         raise DataError(f"{run_dir}: no fold_*/model.safetensors (was it run with trainer.save_models=false?)")
@@ -50,7 +42,7 @@ def fold_models(run_dir: Path, cfg) -> list[Path]:
 
 def test_file(cfg) -> Path | None:
     """The run's own test file: ``data.test_path``, or ``test.csv`` beside the train file."""
-    path = Path(cfg.data.test_path) if cfg.data.get("test_path") else Path(cfg.data.path).with_name("test.csv")
+    path = data_test_file(cfg.data)
     return path if path.is_file() else None
 
 

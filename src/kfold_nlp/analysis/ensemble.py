@@ -25,10 +25,11 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
-from ..data.folds import HOLDOUT
+from ..data.folds import HOLDOUT, same_folds
 from ..errors import OneLineError, refuse
 from ..files import write_csv, write_json
 from ..rundir import read_csv
+from ..track.wandb import MODES
 from . import stats
 from .runs import find_runs, is_ensemble
 from .summary import MARK, collect, format_table, run_labels
@@ -163,12 +164,6 @@ def _check_finite(path: Path, values: np.ndarray) -> None:
                             f"{int(np.flatnonzero(bad)[0]) + 1}; {FIX}")
 
 
-def _same_folds(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    a, b = (f.sort_values("id", kind="stable").reset_index(drop=True) for f in (a, b))
-    return (len(a) == len(b) and (a["id"] == b["id"]).all() and (a["fold"] == b["fold"]).all()
-            and np.allclose(a["target"], b["target"]))
-
-
 def _submission(path: Path) -> pd.DataFrame | None:
     """A member's ``submission.csv``: the first column is the id, the second the prediction, whatever their names."""
     if not (path / "submission.csv").exists():
@@ -187,7 +182,7 @@ def load_members(paths: list[Path]) -> Members:
     first, folds0 = paths[0], _read(paths[0], "folds.csv", FOLDS)
     oofs, subs = [], []
     for path in paths:
-        if not _same_folds(folds0, _read(path, "folds.csv", FOLDS)):
+        if not same_folds(folds0, _read(path, "folds.csv", FOLDS)):
             raise EnsembleError(f"{path}: folds.csv differs from {first}'s (other rows or other folds); blend only "
                                 f"runs on the same data and cv.seed")
         oofs.append(_read(path, "oof.csv", (*FOLDS, "pred")))
@@ -377,7 +372,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=GREEDY_STEPS, help="greedy: number of selections")
     parser.add_argument("--out", type=Path, help="default: outputs/ensemble/<YYYY-mm-dd_HH-MM-SS>")
     parser.add_argument("--logger", default="wandb", help="a conf/logger choice: wandb (default), csv, none")
-    parser.add_argument("--wandb-mode", choices=["offline", "online", "disabled"],
+    parser.add_argument("--wandb-mode", choices=MODES,
                         default=os.environ.get("WANDB_MODE", "offline"))
     args = parser.parse_args(argv)
     try:

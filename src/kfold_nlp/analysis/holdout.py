@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..predict import bag
+from ..bagging import bag
 from . import stats
 
 

@@ -17,6 +17,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ..config.paths import NOTEBOOK
+from ..data.tables import test_file
+from . import stats
 from .ensemble import improvement_marked, members_table
 from .runs import ROOT, ensemble_metrics, find_ensembles, find_runs, is_ensemble  # noqa: F401  (report.* in the notebook and tests)
 from .summary import MARK, collect, run_labels
@@ -134,15 +136,15 @@ def bagging_table(run: Path, root=ROOT) -> pd.DataFrame | None:
     preds = {p.parent.name.replace("_", " "): pd.read_csv(p, dtype={"id": str})["pred"].to_numpy() for p in folds}
     preds["bagged"] = bagged["target"].to_numpy()
     data = run_config(run).data
-    test_path = _data_path(data.test_path or Path(str(data.path)).with_name("test.csv"), root)
+    test_path = _data_path(test_file(data), root)
     labels = None
     if test_path.exists():
         test = pd.read_csv(test_path, dtype={data.id_col: str})
         if data.target_col in test:
             labels = bagged[["id"]].merge(test.rename(columns={data.id_col: "id"}), on="id")[data.target_col].to_numpy()
 
-    def rmse(a, b):
-        return float(np.sqrt(np.mean((a - b) ** 2))) if b is not None else float("nan")
+    def rmse(pred, target):
+        return stats.rmse(target, pred) if target is not None else float("nan")
 
     return pd.DataFrame({"RMSE": {k: rmse(v, labels) for k, v in preds.items()},
                          "RMSE to bagged": {k: rmse(v, preds["bagged"]) for k, v in preds.items()}})

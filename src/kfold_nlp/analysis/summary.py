@@ -20,6 +20,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ..config.paths import resource
+from ..config.rules import override_key
 from ..files import atomic_path, write_csv
 from . import stats
 
@@ -64,10 +65,6 @@ def regularizer_order() -> list[str]:
     return [REFERENCE] + [n for n in names if n != REFERENCE]
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def run_name(hydra_dir: Path, cfg) -> str | None:
     """The run's ``name``; Hydra saves ``${hydra:...}`` in it unresolved, so look that up in ``hydra.yaml``."""
     raw = OmegaConf.to_container(cfg).get("name")
@@ -91,7 +88,7 @@ def collect(root) -> pd.DataFrame:
         row = {"run": str(run.relative_to(root)) if run != Path(root) else ".", "path": run,
                "name": run_name(hydra_dir, cfg),
                "regularizer": str(cfg.regularizer.get("_target_", "")).rsplit(".", 1)[-1],
-               "overrides": " ".join(overrides), "config": " ".join(o for o in overrides if _key(o) != "seed"),
+               "overrides": " ".join(overrides), "config": " ".join(o for o in overrides if override_key(o) != "seed"),
                "seed": cfg.get("seed"), "status": "unfinished"}
         if (run / "metrics.json").exists():
             cv = json.loads((run / "metrics.json").read_text())["cv"]

@@ -28,6 +28,11 @@ def show(value) -> str:
     return str(value)
 
 
+def override_key(override: str) -> str:
+    """The key a Hydra override sets: ``+trainer.epochs=3`` and ``~seed`` name ``trainer.epochs`` and ``seed``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 @dataclass(frozen=True)
 class Rule:
     """A key's type (int, float, str, bool, list, dict) and its allowed values; ``optional`` admits null."""

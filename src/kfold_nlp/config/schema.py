@@ -19,7 +19,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..bagging import BAGGING
 from ..errors import ConfigError
+from ..model.optim import PENALTIES
 from ..model.regressor import Pooler, load_tokenizer
 from ..model.tasks import task_class
 from ..track.base import tracker_class
@@ -62,7 +64,7 @@ RULES: dict[str, Rule] = {
     "trainer.eval_batch_size": Rule(int, ge=1),
     "trainer.grad_accum": Rule(int, ge=1),
     "trainer.max_grad_norm": Rule(float, gt=0, optional=True),
-    "trainer.penalty": Rule(str, choices=("l1", "l2"), optional=True),
+    "trainer.penalty": Rule(str, choices=PENALTIES, optional=True),
     "trainer.penalty_weight": Rule(float, ge=0),
     "trainer.precision": Rule(str, choices=PRECISIONS),
     "trainer.eval_every": Rule(int, ge=1, optional=True),
@@ -80,7 +82,7 @@ RULES: dict[str, Rule] = {
     "cv.seed": Rule(int, ge=0),
     "cv.folds": Rule(list, optional=True),  # and each a fold number (below)
     "cv.bins": Rule(int, ge=1, also=("sturges",)),
-    "cv.bagging": Rule(str, choices=("mean", "median")),
+    "cv.bagging": Rule(str, choices=BAGGING),
     "cv.holdout": Rule(float, gt=0, lt=1, optional=True, or_kind=str),  # a string: a file of ids (below)
     "scheduler.name": Rule(str),  # checked against transformers' SchedulerType below
     "scheduler.warmup": Rule(float, ge=0),

@@ -13,14 +13,15 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from ..analysis import stats
 from ..analysis.holdout import line
 from ..analysis.holdout import summarize as selection_scores
 from ..analysis.summary import run_name
+from ..bagging import bag
 from ..data import fingerprint
 from ..data.folds import HOLDOUT
 from ..errors import DataError, OneLineError, refuse
 from ..files import write_csv, write_json
-from ..predict import bag
 from ..rundir import expected_folds, fold_dir, read_preds, read_result, read_run_config, unfinished
 from ..track.base import make, tracked
 from ..train import runtime
@@ -67,7 +68,7 @@ def collect(cfg: DictConfig, run_dir: Path, data: Prepared, run_folds: list[int]
     oof = oof[oof["fold"].isin(run_folds)].reset_index(drop=True)
     # The floor every model must clear: each fold's rows predicted by the mean of its training rows.
     mean_pred = np.array([targets[(folds != f) & (folds != HOLDOUT)].mean() for f in oof["fold"]])
-    mean_rmse = float(np.sqrt(np.mean((mean_pred - oof["target"]) ** 2)))
+    mean_rmse = stats.rmse(oof["target"], mean_pred)
     metrics = cv_metrics(oof, results, mean_rmse)
     held, holdout = folds == HOLDOUT, None
     if held.any() or any("selection" in r for r in results.values()):
@@ -119,6 +120,14 @@ def holdout_summary(selection: dict) -> dict:
     return {"cv/holdout_rmse": selection["rmse"], "cv/selection_optimism": selection["optimism"]["mean"]}
 
 
+def result_line(run_dir: Path, metrics: dict, cfg) -> str:
+    """A run's last line: its folder, the CV score beside the mean predictor's, and the holdout's verdict."""
+    c, folds = metrics["cv"], cfg.cv.folds
+    covers = "" if folds is None else f" over folds {list(folds)} only ({len(folds)} of {cfg.cv.n_splits} folds)"
+    return (f"Run folder: {run_dir} | CV RMSE {c['rmse']:.4f} | CV MSE {c['mse']:.4f}{covers} (predicting the "
+            f"training mean: RMSE {c['mean_predictor_rmse']:.4f}){line(metrics.get('selection', {}))}")
+
+
 def collect_run(run_dir: Path) -> dict:
     """``make collect``: the run's config from its folder, the checks of a resume, then ``finish``."""
     cfg = read_run_config(run_dir)
@@ -140,9 +149,7 @@ def main(argv=None) -> None:
         metrics = collect_run(args.run_dir)
     except (OneLineError, OSError) as err:
         refuse(err, f"collect again (make collect RUN={args.run_dir})", args.run_dir)
-    c = metrics["cv"]
-    print(f"Run folder: {args.run_dir} | CV RMSE {c['rmse']:.4f} | CV MSE {c['mse']:.4f} "
-          f"(predicting the training mean: RMSE {c['mean_predictor_rmse']:.4f}){line(metrics.get('selection', {}))}")
+    print(result_line(args.run_dir, metrics, read_run_config(args.run_dir)))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from ..data import fingerprint
+from ..data.folds import same_folds
 from ..data.loading import EncodedRows
 from ..data.tables import DataError, load_table
 from ..files import read_json, write_csv
@@ -40,14 +41,12 @@ def teacher_model(teacher: Path, fold: int) -> Path:
 
 
 def check_same_folds(teacher: Path, folds: pd.DataFrame) -> None:
-    """Refuse a teacher whose ``folds.csv`` is not this run's (same ids in the same order, same folds)."""
+    """Refuse a teacher whose ``folds.csv`` is not this run's (``data.folds.same_folds``)."""
     path = teacher / "folds.csv"
     if not path.is_file():
         raise DataError(f"{path}: not found; distill.teacher must be a run folder")
     kept = pd.read_csv(path, dtype={"id": str})
-    same = (len(kept) == len(folds) and np.array_equal(kept["id"].to_numpy(), folds["id"].astype(str).to_numpy())
-            and np.array_equal(kept["fold"].to_numpy(), folds["fold"].to_numpy()))
-    if not same:
+    if not same_folds(kept, folds):
         raise DataError(f"{path}: differs from this run's folds (ids or folds); distill.teacher must be a run on "
                         f"the same data with the same cv.n_splits, cv.seed and cv.bins, or its models saw fold k's "
                         f"validation rows")

@@ -23,7 +23,7 @@ from ..rundir import fold_dir
 from ..track.base import WANDB_TARGET, make, target, tracked
 from ..train import runtime, snapshot
 from ..train.loop import predict, train_fold
-from ..train.runtime import memory_mb, release_freed_memory, reset_peak_memory
+from ..train.runtime import memory_mb, release_freed_memory, reset_peak_memory, stream_seed
 from .prepare import Prepared
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,14 @@ def build_fold_model(cfg: DictConfig, fold: int, rank: int = 0):
     """The task, model and regularizer of fold ``fold``, seeded so that every DDP rank starts from the same weights
     (and Mixout from the same pretrained targets), then each rank draws its own dropout masks; rank 0 keeps the
     single-process random stream, so one process reproduces a run whatever launched it."""
-    set_seed(cfg.seed + fold)
+    set_seed(stream_seed(cfg.seed, fold))
     task = instantiate(cfg.task)
     model = build_model(cfg.model, n_outputs=task.n_outputs)
     task.setup(model)
     regularizer = instantiate(cfg.regularizer)
     regularizer.setup(model)
     if rank:
-        set_seed(cfg.seed + fold + 7919 * rank)
+        set_seed(stream_seed(cfg.seed, fold, rank))
     return task, model, regularizer
 
 
@@ -73,7 +73,8 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
         if data.distill is not None:  # soft targets and pseudo-labels, from the teacher's fold-k model only
             record = fdir / "soft_targets.csv" if accelerator.is_main_process else None
             train_rows = data.distill.fold_rows(fold, train_rows, record)
-        train_loader = make_loader(train_rows, data.tokenizer, cfg.trainer.batch_size, True, cfg.seed + fold, workers)
+        train_loader = make_loader(train_rows, data.tokenizer, cfg.trainer.batch_size, True,
+                                   stream_seed(cfg.seed, fold), workers)
         val_loader = make_loader(EncodedRows(data.enc, va, targets), data.tokenizer, cfg.trainer.eval_batch_size,
                                  False, num_workers=workers)
         holdout_loader = make_loader(EncodedRows(data.enc, held, targets), data.tokenizer,

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..config.rules import override_key
 from ..data.tables import DataError
 from ..rundir import expected_folds, unfinished
 from ..train import runtime
@@ -25,14 +26,10 @@ from .prepare import prepare
 DROPPED = ("launcher", "resume", "output", "collect", "cv.folds", "hydra.run.dir")  # set here for every job
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def job_command(cfg, run_dir: Path, overrides: list[str], folds: list[int]) -> list[str]:
     """The multirun that trains ``folds``, one job each, into ``run_dir``; each job takes the run's own config
     (``resume``: its ``run_config.yaml``), so a launcher start resumed from the folder alone trains the same run."""
-    kept = [o for o in overrides if _key(o) not in DROPPED and not _key(o).startswith("hydra/launcher")]
+    kept = [o for o in overrides if override_key(o) not in DROPPED and not override_key(o).startswith("hydra/launcher")]
     return [sys.executable, "-m", "kfold_nlp", "-m", *kept, f"hydra/launcher={cfg.launcher}", f"output={run_dir}",
             f"resume={run_dir}", "collect=false", "cv.folds=" + ",".join(f"[{k}]" for k in folds),
             f"hydra.sweep.dir={run_dir / '.jobs'}"]
@@ -65,7 +62,7 @@ def local_jobs(launcher: str, overrides: list[str], folds: int) -> int | None:
     """How many fold jobs run at once on this machine (None: on other machines, SLURM's). joblib runs
     ``hydra.launcher.n_jobs`` of them (-1, its default: one per core), submitit_local all at once."""
     if launcher == "joblib":
-        given = [o.split("=", 1)[1] for o in overrides if _key(o) == "hydra.launcher.n_jobs"]
+        given = [o.split("=", 1)[1] for o in overrides if override_key(o) == "hydra.launcher.n_jobs"]
         n_jobs = int(given[-1]) if given and given[-1].lstrip("-").isdigit() else -1
         return min(folds, runtime.usable_cores() if n_jobs < 1 else n_jobs)
     if launcher == "submitit_local":

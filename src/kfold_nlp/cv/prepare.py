@@ -12,6 +12,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from ..config.rules import override_key
 from ..data import fingerprint
 from ..data.fingerprint import FREE_KEYS
 from ..data.folds import assign
@@ -88,7 +89,7 @@ def adopt_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     if not path.is_file():
         return cfg  # refused by the schema with one line
     saved = read_run_config(path.parent)
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    keys = [override_key(o) for o in overrides]
     if any(k.split("/")[0] == "experiment" for k in keys):
         return cfg
     given = [k for k in keys if k.split(".")[0].split("/")[0] not in (*FREE_KEYS, "hydra") and k != "cv.folds"]

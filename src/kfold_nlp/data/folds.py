@@ -95,3 +95,11 @@ def make_folds(target, n_splits: int = 5, seed: int = 42, bins: int | str = "stu
         for k, (_, val) in enumerate(splitter.split(np.zeros(len(target)), labels)):
             folds[val] = k
     return folds
+
+
+def same_folds(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Two ``folds.csv`` tables put the same rows (ids, in any order) in the same folds, the holdout included, with
+    the same targets: what lets two runs' OOF predictions be compared, blended or distilled from."""
+    a, b = (f.assign(id=f["id"].astype(str)).sort_values("id", kind="stable").reset_index(drop=True) for f in (a, b))
+    return (len(a) == len(b) and (a["id"] == b["id"]).all() and (a["fold"] == b["fold"]).all()
+            and np.allclose(a["target"].to_numpy(float), b["target"].to_numpy(float)))

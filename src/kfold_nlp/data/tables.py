@@ -137,6 +137,11 @@ def load_table(
     return out.reset_index(drop=True)
 
 
+def test_file(data_cfg) -> Path:
+    """Where a ``data`` group's test file is: ``data.test_path``, or ``test.csv`` beside the train file."""
+    return Path(data_cfg.test_path) if data_cfg.get("test_path") else Path(data_cfg.path).with_name("test.csv")
+
+
 def load_data(data_cfg, n_splits: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The ``data`` group's validated train table and its test table (None when there is none).
 
@@ -152,7 +157,7 @@ def load_data(data_cfg, n_splits: int) -> tuple[pd.DataFrame, pd.DataFrame | Non
     train = load_table(path, target_col=data_cfg.target_col, **cols)
     if len(train) < n_splits:
         raise ConfigError(f"cv.n_splits={n_splits}: must be <= the {len(train)} rows of {path}")
-    test_path = Path(data_cfg.test_path) if data_cfg.get("test_path") else path.with_name("test.csv")
+    test_path = test_file(data_cfg)
     if not test_path.exists():
         if data_cfg.get("test_path"):
             raise DataError(f"{test_path}: test file not found (data.test_path)")

@@ -96,14 +96,17 @@ def build_scheduler(sched_cfg, optimizer, total_steps: int):
     )
 
 
+PENALTIES = ("l1", "l2")  # trainer.penalty
+
+
 def weight_penalty(model: nn.Module, kind: str | None, weight: float):
     """A callable giving the L1 (``weight * sum|w|``) or L2 (``weight/2 * sum w**2``, gradient ``weight * w``) penalty
     toward zero over the decayed parameters, added to the loss; ``None`` when off. Unlike AdamW's decoupled decay it
     goes through the gradient, so adaptive optimizers rescale it."""
     if kind is None or not weight:
         return None
-    if kind not in ("l1", "l2"):
-        raise ValueError(f"trainer.penalty must be l1, l2 or null, got {kind!r}")
+    if kind not in PENALTIES:
+        raise ValueError(f"trainer.penalty must be one of {', '.join(PENALTIES)} or null, got {kind!r}")
     decayed = decayed_names(model)
     params = [p for n, p in model.named_parameters() if p.requires_grad and n in decayed]
     if kind == "l1":

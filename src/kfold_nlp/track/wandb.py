@@ -77,10 +77,13 @@ class WandbRun(Run):
             self.run.finish()
 
 
+MODES = ("offline", "online", "disabled")  # logger.mode
+
+
 class WandbTracker(Tracker):
     """One W&B run per fold, grouped by experiment; an online run needs an API key (``check``)."""
 
-    params = {"mode": Rule(str, choices=("offline", "online", "disabled")), "project": Rule(str),
+    params = {"mode": Rule(str, choices=MODES), "project": Rule(str),
               "entity": Rule(str, optional=True), "tags": Rule(list)}
 
     def __init__(self, mode: str = "offline", project: str = "kfold-nlp", entity: str | None = None, tags=()):

@@ -21,6 +21,7 @@ from ..model.regressor import target_column
 from ..model.regularizers.base import model_inputs
 from ..model.tasks import Task
 from . import selection, snapshot
+from .runtime import stream_seed
 
 
 @torch.no_grad()
@@ -274,7 +275,7 @@ class FoldTraining:
         first = next(batches, None)  # None: the snapshot was the epoch's last step
         snapshot.set_rng_state(saved.rng["tensors"], saved.rng["plain"])
         if rank := self.accelerator.process_index:  # ranks other than 0 need their own streams (dropout masks differ)
-            torch.manual_seed(self.cfg.seed + 1000 * self.fold + 7919 * rank + self.state.step)
+            torch.manual_seed(stream_seed(self.cfg.seed, self.fold, rank, self.state.step))
         return itertools.chain([] if first is None else [first], batches), epoch_start
 
 

@@ -245,3 +245,10 @@ def make_accelerator(trainer_cfg) -> Accelerator:
         # Buffers are the same on every rank (Mixout's pretrained weights among them): never re-send them each step.
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
+
+
+def stream_seed(seed: int, fold: int, rank: int = 0, step: int = 0) -> int:
+    """The one formula of every random stream a fold draws: fold ``fold``'s model and data order (``rank`` 0, step
+    0: ``seed + fold``, so a single process reproduces a run whatever launched it), another DDP rank's dropout masks,
+    and a rank's fresh stream when it resumes at ``step``."""
+    return seed + fold + 7919 * rank + 104729 * step
