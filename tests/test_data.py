@@ -308,3 +308,30 @@ def test_a_public_sets_missing_file_says_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"^data/commonlit/train.csv: file not found; get it with: kaggle "
                                         r"competitions download -c commonlitreadabilityprize"):
         load_data(cfg, 5)
+
+
+def test_other_generation_parameters_get_their_own_folder_and_never_rewrite_a_runs_files(tmp_path, monkeypatch):
+    """Issue: ``data.generate.n_train=100`` used to rewrite the default set under the runs that had used it."""
+    from hydra import compose, initialize_config_dir
+
+    from kfold_nlp.config.paths import CONFIG_DIR
+
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        default, other = compose("config"), compose("config", ["data.generate.n_train=100"])
+    assert default.data.path == "data/synthetic/400-16-42/train.csv"
+    assert other.data.path == "data/synthetic/100-16-42/train.csv"
+    load_data(default.data, 5)
+    before = (tmp_path / default.data.path).read_bytes()
+    train, _ = load_data(other.data, 5)
+    assert len(train) == 100 and (tmp_path / default.data.path).read_bytes() == before
+
+
+def test_predicting_a_runs_own_test_file_refuses_one_that_changed_since(tmp_path):
+    from kfold_nlp.predict import check_own_test
+
+    pd.DataFrame({"id": ["a", "b", "c"], "target": [0.1, 0.2, 0.3]}).to_csv(tmp_path / "submission.csv", index=False)
+    check_own_test(tmp_path, tmp_path / "test.csv", pd.Series(["c", "a", "b"]))  # the same rows, any order
+    with pytest.raises(DataError, match=r"test.csv: not the test file .* predicted \(2 of its 3 ids missing, 1 new\); "
+                                        r"it changed since the run; give the file to predict as INPUT=<csv>$"):
+        check_own_test(tmp_path, tmp_path / "test.csv", pd.Series(["a", "x"]))

@@ -86,7 +86,7 @@ def main(cfg: DictConfig) -> float:
     from .config.schema import ConfigError, validate
     from .cv import launch
     from .cv.collect import result_line
-    from .cv.prepare import adopt_run_config, describe
+    from .cv.prepare import adopt_run_config
     from .cv.run import run
     from .track.base import make
     from .train.loop import Diverged
@@ -102,7 +102,6 @@ def main(cfg: DictConfig) -> float:
         make(cfg.logger).check()  # e.g. W&B online without an API key: refused before the run folder fills
         if note is not None:  # the run's first line: what precision=auto chose and why, or bf16's warning
             (log.warning if note.startswith("warning") else log.info)(note)
-        log.info(describe(cfg, run_dir))
         if cfg.get("launcher") and not multirun:
             metrics = launch.run(cfg, run_dir, list(hc.overrides.task))
         else:

@@ -73,12 +73,27 @@ def predict_texts(cfg, models: list[Path], texts, batch_size: int | None = None)
     return np.stack(preds)
 
 
+def check_own_test(run_dir: Path, path: Path, ids: pd.Series) -> None:
+    """The run's own test file must still hold the rows its submission.csv predicted: a regenerated or replaced
+    file would be predicted without a word, with ids the run never saw."""
+    sub = run_dir / "submission.csv"
+    if not sub.is_file():
+        return
+    known = set(pd.read_csv(sub, dtype=str, usecols=[0]).iloc[:, 0])
+    if set(ids.astype(str)) != known:
+        missing = len(known - set(ids.astype(str)))
+        raise DataError(f"{path}: not the test file {run_dir} predicted ({missing} of its {len(known)} ids "
+                        f"missing, {len(set(ids.astype(str)) - known)} new); it changed since the run; give the "
+                        f"file to predict as INPUT=<csv>")
+
+
 def predict_run(run_dir, input_csv=None, bagging: str | None = None, id_col: str | None = None,
                 text_col: str | None = None) -> pd.DataFrame:
     """One row per input row: the id and the bagged target, under the run's own id and target column names."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     models = fold_models(run_dir, cfg)
+    own_test = input_csv is None
     if input_csv is None:
         input_csv = test_file(cfg)
         if input_csv is None:
@@ -86,6 +101,8 @@ def predict_run(run_dir, input_csv=None, bagging: str | None = None, id_col: str
             raise DataError(f"{run_dir}: the run has no test file ({expected}); give an input CSV")
     table = load_table(input_csv, id_col=id_col or cfg.data.id_col, text_col=text_col or cfg.data.text_col,
                        require_target=False)
+    if own_test:
+        check_own_test(run_dir, Path(input_csv), table["id"])
     preds = predict_texts(cfg, models, table["text"])
     return pd.DataFrame({id_col or cfg.data.id_col: table["id"],
                          cfg.data.target_col: bag(preds, bagging or cfg.cv.bagging)})

@@ -9,6 +9,7 @@ submitit, ``conf/hydra/launcher/slurm.yaml``). Each job's own Hydra folder is ``
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from ..rundir import expected_folds, unfinished
 from ..train import runtime
 from . import lock, orphans
 from .collect import finish
-from .prepare import prepare
+from .prepare import describe, prepare
+
+log = logging.getLogger(__name__)
 
 DROPPED = ("launcher", "resume", "output", "collect", "cv.folds", "hydra.run.dir")  # set here for every job
 
@@ -42,6 +45,7 @@ def run(cfg, run_dir: Path, overrides: list[str]) -> dict:
     started = time.perf_counter()
     lock.hold_run(run_dir)  # held since Hydra started this process (lock.RunLock); taken here for any other caller
     data = prepare(cfg, run_dir, texts=False)
+    log.info(describe(cfg, run_dir))
     folds = unfinished(run_dir, expected_folds(cfg))
     if folds:
         # a job picks GPU k mod n; the jobs, and the multirun process that starts them, end if this process dies

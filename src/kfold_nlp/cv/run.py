@@ -14,7 +14,7 @@ from ..train.runtime import make_accelerator
 from . import lock
 from .collect import finish
 from .fold import fit_fold
-from .prepare import prepare
+from .prepare import describe, prepare
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,11 @@ def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
     started = time.perf_counter()
     accelerator = make_accelerator(cfg.trainer)
     main = accelerator.is_main_process
+    if not main:  # one console for a DDP run: rank 0's lines; the others say only what goes wrong
+        logging.getLogger("kfold_nlp").setLevel(logging.WARNING)
     with lock.writing(cfg, run_dir, when=main):  # only rank 0 writes
         data = prepare(cfg, run_dir, main)
+        log.info(describe(cfg, run_dir))  # once the folder is accepted: a refused start names no folder
         group = group_name(cfg, job or {})
         for fold in expected_folds(cfg):
             if (fold_dir(run_dir, fold) / "result.json").exists():  # finished before an interruption: keep it
