@@ -5,7 +5,7 @@ EXP    ?= no_dropout
 DATA   ?=
 ARGS   ?=
 RESUME ?=
-RUN    ?= outputs/$(EXP)/latest
+RUN    ?= outputs/$(EXP)/latest-$(or $(DATA),synthetic)
 INPUT  ?=
 RUNS   ?=
 HPO    ?= rdrop
@@ -42,7 +42,7 @@ cv: setup  ## one CV experiment: make cv EXP=rdrop DATA=commonlit ARGS="cv.n_spl
 collect: setup  ## (re)build a run's oof.csv, submission.csv, metrics.json from its fold folders: make collect RUN=<run folder>
 	$(PY) -m kfold_nlp.cli collect "$(RUN)"
 
-predict: setup  ## bagged predictions of a run's fold models: make predict RUN=outputs/baseline/latest [INPUT=test.csv] [ARGS="--text-col passage"]
+predict: setup  ## bagged predictions of a run's fold models: make predict [EXP=baseline DATA=commonlit | RUN=<run>] [INPUT=test.csv] [ARGS="--text-col passage"]
 	$(PY) -m kfold_nlp.cli predict "$(RUN)" $(if $(INPUT),"$(INPUT)") $(ARGS)
 
 test: setup  ## the test suite (tiny random models, no network): every test, the slow ones too

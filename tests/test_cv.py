@@ -104,8 +104,9 @@ def test_the_run_is_named_after_the_regularizer_actually_used(tiny_run, tmp_path
     proc = subprocess.run([sys.executable, "-m", "kfold_nlp", "experiment=baseline", "regularizer=msd", "cv.folds=[0]",
                            "logger=csv", *overrides], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (run_dir,) = [p for p in (tmp_path / "outputs").glob("*/*") if p.name != "latest"]
+    (run_dir,) = [p for p in (tmp_path / "outputs").glob("*/*") if not p.name.startswith("latest")]
     assert run_dir.parent.name == "msd" and (run_dir.parent / "latest").resolve() == run_dir.resolve()
+    assert (run_dir.parent / "latest-synthetic").resolve() == run_dir.resolve()  # what make predict takes
     runs = [json.loads(p.read_text()) for p in run_dir.glob("csv/*/run.json")]
     assert sorted(r["name"] for r in runs) == ["msd-cv", "msd-fold0"] and {r["group"] for r in runs} == {"msd"}
     assert "1 of 3 folds" in proc.stdout  # a partial run says which folds its CV score covers

@@ -295,7 +295,8 @@ def test_resuming_through_latest_keeps_latest_pointing_at_the_real_folder(tiny_r
         run_cli(*resume_overrides(data, latest))
         assert latest.is_symlink() and Path(latest.readlink()).name == real.name
         assert latest.resolve() == real.resolve()
-    assert sorted(p.name for p in real.parent.iterdir()) == [real.name, "latest"]
+    assert sorted(p.name for p in real.parent.iterdir()) == [real.name, "latest", "latest-synthetic"]
+    assert (real.parent / "latest-synthetic").resolve() == real.resolve()  # the newest on this data set too
     for name in ("oof.csv", "submission.csv"):
         assert (real / name).read_bytes() == (tiny_run / name).read_bytes(), name
 

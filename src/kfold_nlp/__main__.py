@@ -25,14 +25,16 @@ log = logging.getLogger("kfold_nlp")
 STUB = {".hydra", "run.log", *lock.FILES}  # what Hydra (and the run lock) put into a run folder before our code runs
 
 
-def _point_latest(run_dir: Path) -> None:
-    """``outputs/<experiment>/latest`` -> the newest finished run folder (its real name, never the link itself)."""
+def _point_latest(run_dir: Path, data_name: str | None) -> None:
+    """``outputs/<experiment>/latest`` -> the newest finished run folder (its real name, never the link itself), and
+    ``latest-<data>`` -> the newest on that data (``data.name``): what ``make predict``/``collect`` take by default,
+    so that a run on another data set never becomes theirs silently."""
     run_dir = run_dir.resolve()
-    link = run_dir.parent / "latest"
-    tmp = run_dir.parent / ".latest.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
-    os.replace(tmp, link)
+    for name in ["latest", *([f"latest-{data_name}"] if data_name else [])]:
+        tmp = run_dir.parent / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name)
+        os.replace(tmp, run_dir.parent / name)
 
 
 def is_stub(run_dir: Path) -> bool:
@@ -138,7 +140,7 @@ def main(cfg: DictConfig) -> float:
     if not metrics:  # not the main process
         return float("nan")
     if not multirun:
-        _point_latest(run_dir)
+        _point_latest(run_dir, cfg.data.get("name"))
     log.info(result_line(run_dir, metrics, cfg))
     return metrics["cv"]["rmse"]
 
