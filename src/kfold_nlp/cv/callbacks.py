@@ -2,16 +2,17 @@
 
 Rewritten after every job, not only at the end: Hydra 1.3 skips ``on_multirun_end`` when a job failed, and with the
 joblib / submitit launchers ``on_job_end`` runs inside the worker. Each rewrite re-reads the whole sweep folder under
-a file lock, so the last job to finish writes the complete table whatever the launcher.
+a file lock, so the last job to finish writes the complete table whatever the launcher. A launcher's fold jobs
+(``output=<run folder>``) are folds of one run, not runs: they get no sweep table (the run's own files are theirs).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import time
 from pathlib import Path
 
+from filelock import FileLock
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
@@ -27,8 +28,7 @@ def _locked_write(sweep_dir: Path) -> str | None:
 
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        with open(sweep_dir / ".sweep.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with FileLock(sweep_dir / ".sweep.lock"):
             jobs = write_sweep(sweep_dir)
         return best_trial(sweep_dir, jobs) if len(jobs) else None
     except Exception as err:  # noqa: BLE001
@@ -50,10 +50,14 @@ class SweepSummary(Callback):
                     "error": " ".join(f"{type(err).__name__}: {err}".split())[:500] if failed else None,
                     "wall_time_s": round(time.perf_counter() - getattr(self, "_started", time.perf_counter()), 1)},
                    out / "job_status.json")
+        if config.get("output") is not None:  # a fold job of a launcher: its run collects it
+            return
         # output_dir = <sweep dir>/<subdir>, absolute even in a worker with another working directory.
         _locked_write(out.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        if config.get("output") is not None:
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         best = _locked_write(sweep_dir)
         log.info("Sweep folder: %s | summary: %s", sweep_dir, sweep_dir / "sweep.md")

@@ -131,18 +131,23 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             write_json(result | {"made_from": fingerprint.made_from(run_dir)}, fdir / "result.json")  # last: done
             if not cfg.trainer.keep_snapshot:
                 snapshot.remove(fdir)
-    stopped = "" if result["steps"] >= result["planned_steps"] else (
-        f" (stopped early: {cfg.trainer.patience} evaluation{'s' * (cfg.trainer.patience != 1)} without a better "
-        f"one; {result['planned_steps']} planned)")
-    held_out = f", holdout RMSE {result['holdout_rmse']:.4f}" if "holdout_rmse" in result else ""
-    log.info("fold %d: val RMSE %.4f (MSE %.4f%s) %s %d of %d%s, %.0f s (evaluation %.0f%%, peak RSS %.0f MiB)",
-             fold, result["rmse"], result["mse"], held_out, _chosen(cfg.trainer.select), result["best_step"],
-             result["steps"], stopped,
-             result["train_time_s"], 100 * result["eval_time_s"] / max(result["train_time_s"], 1e-9),
-             result["peak_rss_mb"])
+    log.info(fold_line(fold, result, cfg))
     return result
 
 
 def _chosen(select: str) -> str:
     return {"best": "best at step", "best_epoch": "best epoch end at step", "last": "last, step",
             "ema": "EMA of the steps to", "swa": "SWA of the evaluations to"}[select]
+
+
+def fold_line(fold: int, result: dict, cfg) -> str:
+    """A finished fold's line in the console and run.log: its score, which weights, when, how long."""
+    stopped = "" if result["steps"] >= result["planned_steps"] else (
+        f" (stopped early: {cfg.trainer.patience} evaluation{'s' * (cfg.trainer.patience != 1)} without a better "
+        f"one; {result['planned_steps']} planned)")
+    held_out = f", holdout RMSE {result['holdout_rmse']:.4f}" if "holdout_rmse" in result else ""
+    return (f"fold {fold}: val RMSE {result['rmse']:.4f} (MSE {result['mse']:.4f}{held_out}) "
+            f"{_chosen(result.get('select', 'best'))} {result['best_step']} of {result['steps']}{stopped}, "
+            f"{result['train_time_s']:.0f} s (evaluation "
+            f"{100 * result['eval_time_s'] / max(result['train_time_s'], 1e-9):.0f}%, peak RSS "
+            f"{result['peak_rss_mb']:.0f} MiB)")

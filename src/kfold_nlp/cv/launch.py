@@ -18,10 +18,11 @@ from pathlib import Path
 
 from ..config.rules import override_key
 from ..data.tables import DataError
-from ..rundir import expected_folds, unfinished
+from ..rundir import expected_folds, fold_dir, read_result, unfinished
 from ..train import runtime
 from . import lock, orphans
 from .collect import finish
+from .fold import fold_line
 from .prepare import describe, prepare
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,17 @@ def run(cfg, run_dir: Path, overrides: list[str]) -> dict:
         jobs = local_jobs(cfg.launcher, overrides, len(folds))
         if jobs:  # processes side by side on this machine: each gets its share of the cores, not all of them
             env[runtime.THREADS_ENV] = str(runtime.split_cores(jobs))
+            if not torch.cuda.is_available() and jobs > 1:
+                log.info("note: %d fold jobs share this machine's %d cores (%d thread(s) each); on a CPU one fold at "
+                         "a time with every core is usually as fast (README, Folds as parallel jobs)", jobs,
+                         runtime.usable_cores(), runtime.split_cores(jobs))
         subprocess.run(job_command(cfg, run_dir, overrides, folds), env=env)
         missing = unfinished(run_dir, folds)
         if missing:
             raise DataError(f"{run_dir}: fold job(s) {', '.join(map(str, missing))} did not finish (their logs: "
                             f"{run_dir / '.jobs'}/<n>/run.log); rerun with RESUME={run_dir} to train only those")
+        for fold in folds:  # the jobs' lines, in this run's console and run.log too
+            log.info(fold_line(fold, read_result(fold_dir(run_dir, fold) / "result.json"), cfg))
     return finish(cfg, run_dir, data, str(cfg.name), {"wall_time_s": round(time.perf_counter() - started, 1),
                                                          "processes": 1})
 
