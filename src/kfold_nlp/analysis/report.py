@@ -1,6 +1,6 @@
 """Data behind ``notebooks/oof_analysis.ipynb`` and the headless report.
 
-``python -m kfold_nlp.report <run or sweep folder>...`` (``make notebook RUNS="..."``) executes the notebook with
+``kfold-nlp report <run or sweep folder>...`` (``make notebook RUNS="..."``) executes the notebook with
 papermill and writes ``<first folder>/oof_analysis.html`` (nbconvert, code cells hidden) and the executed notebook.
 The helpers stay here, not in the notebook, so the tests check them and the notebook stays short.
 """
