@@ -1,6 +1,6 @@
 """Bagged predictions of a finished run's fold models for any CSV with an id and a text column.
 
-``python -m kfold_nlp.predict <run folder> [input.csv] [--id-col C] [--text-col C] [--out FILE] [--bagging B]``;
+``kfold-nlp predict <run folder> [input.csv] [--id-col C] [--text-col C] [--out FILE] [--bagging B]``;
 the input defaults to the run's own test file, the columns to the run's ``data`` config.
 """
 

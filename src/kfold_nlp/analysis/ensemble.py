@@ -1,6 +1,6 @@
 """Blend the OOF predictions of several runs on the same folds, score the blend honestly, write a submission.
 
-``python -m kfold_nlp.ensemble RUNS... [--method mean|nnls|greedy] [--out DIR] [--logger NAME] [--wandb-mode MODE]``
+``kfold-nlp ensemble RUNS... [--method mean|nnls|greedy] [--out DIR] [--logger NAME] [--wandb-mode MODE]``
 (``make ensemble RUNS="..."``). RUNS are run folders, sweep folders (every run below) or earlier ensemble folders
 (their members). Members must share ``folds.csv`` (same rows, same folds: the same data and ``cv.seed``) and their
 test ids, and have no blank prediction; ``--out`` must be new, empty or an earlier ensemble folder (never a run

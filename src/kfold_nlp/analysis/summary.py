@@ -1,7 +1,7 @@
 """Tables over several run folders: the regularizer comparison (one column per experiment) and the sweep summary.
 
-``python -m kfold_nlp.summary compare <folder of runs>`` writes ``table.md`` and ``table.csv`` into that folder;
-``python -m kfold_nlp.summary sweep <sweep folder>`` writes ``sweep.md`` and ``sweep.csv`` (the Hydra callback
+``kfold-nlp compare <folder of runs>`` writes ``table.md`` and ``table.csv`` into that folder;
+``kfold-nlp sweep <sweep folder>`` writes ``sweep.md`` and ``sweep.csv`` (the Hydra callback
 ``kfold_nlp.callbacks.SweepSummary`` does it during every sweep).
 
 Every difference between runs carries the 95% paired bootstrap interval of ``kfold_nlp.stats`` (rows resampled
