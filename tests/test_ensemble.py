@@ -1,5 +1,5 @@
-"""kfold_nlp.ensemble on hand-made run folders (no training): refusals, weights, the nested score, the submission,
-the output folder and its tracker run, and the notebook's ensemble section."""
+"""kfold_nlp.analysis.ensemble on hand-made run folders (no training): refusals, weights, the nested score, the
+submission, the output folder and its tracker run, and the notebook's ensemble section."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ METHODS = list(ensemble.METHODS)
 
 
 def blend_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """``python -m kfold_nlp.ensemble`` in-process: (exit code, stdout, stderr)."""
+    """``python -m kfold_nlp.analysis.ensemble`` in-process: (exit code, stdout, stderr)."""
     try:
         ensemble.main(["--wandb-mode", "disabled", *map(str, args)])
         code = 0

@@ -30,8 +30,8 @@ def _member_label(m: dict, name: str, labels: dict | None) -> str:
 
 
 def ensemble_scores(folder, labels: dict | None = None) -> pd.Series:
-    """What an ensemble folder's numbers mean, one line each (see ``kfold_nlp.ensemble``); ``labels``: path -> the
-    name shown elsewhere in the notebook."""
+    """What an ensemble folder's numbers mean, one line each (see ``kfold_nlp.analysis.ensemble``); ``labels``:
+    path -> the name shown elsewhere in the notebook."""
     m = ensemble_metrics(folder)
     c = m["cv"]
     return pd.Series({

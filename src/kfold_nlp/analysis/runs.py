@@ -13,7 +13,7 @@ ROOT = Path.cwd()  # relative run and data paths are read from where the command
 
 
 def is_ensemble(folder) -> bool:
-    """A folder written by ``kfold_nlp.ensemble``: weights.json beside a metrics.json that lists the members.
+    """A folder written by ``kfold_nlp.analysis.ensemble``: weights.json beside a metrics.json that lists the members.
 
     A stray weights.json in a run folder, or an unreadable metrics.json, does not make one (the folder is then
     read as a run folder, refused with one line if it is none)."""
