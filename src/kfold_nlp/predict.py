@@ -15,14 +15,12 @@ import pandas as pd
 
 from .bagging import BAGGING, bag
 from .config.paths import offline_for_local
-from .data.loading import EncodedRows, make_loader
 from .data.tables import load_table
 from .data.tables import test_file as data_test_file
 from .errors import DataError, OneLineError, refuse
 from .files import write_csv
 from .rundir import check_model, expected_folds, fold_dir
 from .rundir import read_run_config as run_config  # the config a run folder was started with
-from .train.runtime import make_accelerator
 
 
 def fold_models(run_dir: Path, cfg) -> list[Path]:
@@ -51,10 +49,12 @@ def predict_texts(cfg, models: list[Path], texts, batch_size: int | None = None)
     import torch
     from safetensors.torch import load_model
 
-    offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
+    offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))  # before transformers is imported
+    from .data.loading import EncodedRows, make_loader
     from .model.regressor import build_model, load_tokenizer, tokenize
     from .model.tasks import n_outputs
     from .train.loop import predict
+    from .train.runtime import make_accelerator
 
     tokenizer = load_tokenizer(cfg.model)
     accelerator = make_accelerator(cfg.trainer)

@@ -17,7 +17,6 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config.schema import RULES
 from .errors import DataError
 
 # Keys added after runs were made, with the value that gives what those runs did: an older run_config.yaml gets them.
@@ -76,6 +75,9 @@ def read_run_config(run_dir: Path) -> DictConfig:
     """The config a run folder was started with (``run_config.yaml``), refused when it is cut short, does not parse
     or lacks a key the schema requires (a file cut at a line end parses up to there). A config from before a key
     existed gets that key's ``ADDED_KEYS`` value, and the classes it names where they live now (``MOVED``)."""
+    from .config.schema import RULES  # here, not above: the schema loads torch and transformers, which predict and
+    # distillation import only after config.paths.offline_for_local
+
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise DataError(f"{run_dir}: does not exist")
