@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -137,3 +138,46 @@ def test_importing_the_runner_does_not_import_wandb():
             "kfold_nlp.track.wandb; print('wandb' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(ROOT))
     assert out.stdout.strip() == "False"
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL right after a snapshot was written."""
+
+
+def test_a_fold_continued_from_its_snapshot_logs_the_evaluations_before_it_again(tmp_path, memory_runs):
+    """A killed process's tracker may have lost what it logged (W&B offline kept 7 bytes of it): the continued run
+    gets the snapshot's evaluations first, so its curve is the uninterrupted run's."""
+    from kfold_nlp.train import snapshot
+
+    overrides = [o for o in tiny_overrides(tmp_path / "data", tmp_path, n_train=24) if not o.startswith("hydra.")]
+    base = [*overrides, "logger=memory", "name=exp", "cv.folds=[0]", "trainer.eval_every=1", "trainer.epochs=3",
+            "trainer.snapshot_every=1"]
+    run_cv(compose_cfg(*base), tmp_path / "reference")
+    reference = [(h["_step"], h["val/mse"]) for h in memory_runs[0].history if "val/mse" in h]
+    memory_runs.clear()
+    save = snapshot.save
+
+    def save_then_kill(*args, **kwargs):
+        save(*args, **kwargs)
+        if kwargs["state"]["step"] == 2:
+            raise Killed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(snapshot, "save", save_then_kill)
+        with pytest.raises(Killed):
+            run_cv(compose_cfg(*base), tmp_path / "run")
+    memory_runs.clear()  # a new process: the killed one's tracker is gone
+    run_cv(compose_cfg(*base, f"resume={tmp_path / 'run'}"), tmp_path / "run")
+    fold = next(r for r in memory_runs if r.name == "exp-fold0")
+    logged = [(h["_step"], h["val/mse"]) for h in fold.history if "val/mse" in h]
+    assert len(reference) > 2 and [s for s, _ in logged] == [s for s, _ in reference]
+    np.testing.assert_allclose([v for _, v in logged], [v for _, v in reference], rtol=1e-6)
+
+
+def test_the_csv_tracker_replays_only_the_steps_its_file_lacks(tmp_path):
+    run = CsvTracker().start(run_dir=tmp_path, **START)
+    run.log({"val/mse": 0.5}, 1)
+    again = CsvTracker().start(run_dir=tmp_path, **START, run_id=run.id)
+    again.replay([(1, {"val/mse": 0.5}), (2, {"val/mse": 0.4})])
+    rows = (tmp_path / "csv" / "exp-fold0" / "metrics.csv").read_text().splitlines()
+    assert rows == ["step,metric,value", "1,val/mse,0.5", "2,val/mse,0.4"]

@@ -68,6 +68,9 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
     run_id = saved_run_id(cfg, saved.state) if saved is not None else None
     with tracked(make(cfg.logger), run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
                  config=tracked_config(cfg), run_id=run_id) as tracker_run:
+        if saved is not None:  # the evaluations before the snapshot, which the killed process's tracker may have lost
+            tracker_run.replay([(h["step"], {"val/mse": h["val_mse"], "val/rmse": math.sqrt(h["val_mse"])})
+                                for h in saved.state["history"]])
         task, model, regularizer = build_fold_model(cfg, fold, accelerator.process_index)
         train_rows = EncodedRows(data.enc, tr, targets, {c: data.train[c].to_numpy() for c in task.columns})
         if data.distill is not None:  # soft targets and pseudo-labels, from the teacher's fold-k model only

@@ -21,6 +21,12 @@ class Run:
     def log(self, metrics: dict, step: int | None = None) -> None:
         """One history row (the metrics of ``step``)."""
 
+    def replay(self, rows: list[tuple[int, dict]]) -> None:
+        """History a continued run may have lost (a killed process's tracker may not have written it): ``(step,
+        metrics)`` rows logged again before anything newer; a tracker that kept them skips them."""
+        for step, metrics in rows:
+            self.log(metrics, step)
+
     def update_summary(self, values: dict) -> None:
         """Update the run's summary: its final values, one per key."""
 

@@ -32,6 +32,14 @@ class CsvRun(Run):
                 writer.writerow(["step", "metric", "value"])
             writer.writerows([step, key, value] for key, value in metrics.items())
 
+    def replay(self, rows: list[tuple[int, dict]]) -> None:
+        """Rows of steps the file already holds are not written twice (a killed CSV run kept them)."""
+        path, kept = self.folder / "metrics.csv", set()
+        if path.exists():
+            with path.open(newline="") as f:
+                kept = {row["step"] for row in csv.DictReader(f)}
+        super().replay([(step, m) for step, m in rows if str(step) not in kept])
+
     def update_summary(self, values: dict) -> None:
         self.values |= values
         write_json(self.values, self.folder / "summary.json")
