@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -225,6 +226,9 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
+warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+
+
 def make_accelerator(trainer_cfg) -> Accelerator:
     """CUDA when present, CPU otherwise (``cpu=True`` also makes torchrun on CPU really distributed); on CPU as many
     intra-op threads as this process has cores (``runtime.set_threads``).
@@ -243,6 +247,8 @@ def make_accelerator(trainer_cfg) -> Accelerator:
         mixed_precision=precision,
         step_scheduler_with_optimizer=False,
         # Buffers are the same on every rank (Mixout's pretrained weights among them): never re-send them each step.
+        # torch 2.13 calls the flag deprecated (its successor, forward_sync_buffers, is not an accelerate kwarg yet)
+        # and warns once per fold under DDP: the behaviour is the one wanted, so the warning is not shown.
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
 
