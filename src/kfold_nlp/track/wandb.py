@@ -78,6 +78,7 @@ class WandbRun(Run):
 
 
 MODES = ("offline", "online", "disabled")  # logger.mode
+EMPTY_LOG = 64  # bytes: an offline .wandb file this small holds its header and no record (a process killed early)
 
 
 class WandbTracker(Tracker):
@@ -115,6 +116,10 @@ class WandbTracker(Tracker):
         if run_id is None and self.mode == "offline":
             for old in Path(run_dir, "wandb").glob(f"offline-run-*-{stem}*"):
                 shutil.rmtree(old, ignore_errors=True)
+        elif self.mode == "offline":  # a killed attempt whose log holds nothing (its history is replayed)
+            for old in Path(run_dir, "wandb").glob(f"offline-run-*-{run_id}"):
+                if all(f.stat().st_size < EMPTY_LOG for f in old.glob("*.wandb")):
+                    shutil.rmtree(old, ignore_errors=True)
         try:
             return WandbRun(_init(
                 wandb, stem, run_id, project=self.project, entity=self.entity, mode=self.mode, group=group,
