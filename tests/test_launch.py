@@ -30,6 +30,13 @@ def test_parallel_fold_jobs_give_the_sequential_result(launcher, tiny_run, tmp_p
     assert read_metrics(run_dir)["cv"]["rmse"] == pytest.approx(read_metrics(tiny_run)["cv"]["rmse"], abs=1e-5)
     assert sorted(p.name for p in (run_dir / ".jobs").iterdir() if p.name.isdigit()) == ["0", "1", "2"]
     assert (run_dir / "submission.csv").exists() and not list(run_dir.glob("fold_*/snapshot"))
+    # the fold jobs' table: each finished, with its fold's score; and each fold's line in the run's own log
+    jobs = pd.read_csv(run_dir / ".jobs" / "sweep.csv").sort_values("fold")
+    folds = read_metrics(run_dir)["folds"]
+    assert jobs["fold"].tolist() == [0, 1, 2] and set(jobs["state"]) == {"finished"}
+    np.testing.assert_allclose(jobs["val_rmse"], [folds[k]["rmse"] for k in "012"])
+    log = (run_dir / "run.log").read_text()
+    assert all(f"fold {k}: val RMSE {folds[str(k)]['rmse']:.4f}" in log for k in range(3)), log[-2000:]
     # the three jobs run side by side on this machine's cores: each takes its share, never every core
     share = runtime.split_cores(min(3, runtime.usable_cores()))
     assert [read_metrics(run_dir)["folds"][k]["threads"] for k in "012"] == [share] * 3

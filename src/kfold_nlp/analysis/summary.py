@@ -357,6 +357,36 @@ def best_trial(root, jobs: pd.DataFrame) -> str | None:
             f"params {best['swept'] or 'none swept'})")
 
 
+def fold_jobs(jobs_dir, run_dir) -> pd.DataFrame:
+    """One row per fold job of a launcher (``<run>/.jobs/<n>/``): its fold, state (finished: the fold's
+    ``result.json`` is there; failed; running) and the fold's scores from the run folder."""
+    rows = []
+    for hydra_dir in sorted(Path(jobs_dir).glob("*/.hydra"), key=lambda p: int(p.parent.name)
+                            if p.parent.name.isdigit() else 0):
+        overrides = OmegaConf.load(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").exists() else []
+        folds = [o.split("=", 1)[1].strip("[]") for o in overrides if override_key(o) == "cv.folds"]
+        row = {"job": hydra_dir.parent.name, "fold": folds[-1] if folds else "?", "state": "running"}
+        status = hydra_dir.parent / "job_status.json"
+        if status.exists() and json.loads(status.read_text())["status"] == "failed":
+            row["state"] = "failed"
+        result = Path(run_dir) / f"fold_{row['fold']}" / "result.json"
+        if result.exists():
+            r = json.loads(result.read_text())
+            row |= {"state": "finished", "val_rmse": r["rmse"], "holdout_rmse": r.get("holdout_rmse"),
+                    "train_time_s": r["train_time_s"]}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_fold_jobs(jobs_dir, run_dir) -> pd.DataFrame:
+    """``<run>/.jobs/sweep.md`` and ``sweep.csv``: the fold jobs' table (``fold_jobs``)."""
+    table = fold_jobs(jobs_dir, run_dir)
+    with atomic_path(Path(jobs_dir) / "sweep.md") as tmp:
+        tmp.write_text(f"Fold jobs of {run_dir}\n\n" + format_table(table).to_markdown(index=False) + "\n")
+    write_csv(table, Path(jobs_dir) / "sweep.csv")
+    return table
+
+
 def write_sweep(root) -> pd.DataFrame:
     """``sweep.csv`` (every column, full overrides) and ``sweep.md`` (+ the seed table, ``sweep_seeds.csv``)."""
     root = Path(root)

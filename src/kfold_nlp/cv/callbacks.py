@@ -3,7 +3,8 @@
 Rewritten after every job, not only at the end: Hydra 1.3 skips ``on_multirun_end`` when a job failed, and with the
 joblib / submitit launchers ``on_job_end`` runs inside the worker. Each rewrite re-reads the whole sweep folder under
 a file lock, so the last job to finish writes the complete table whatever the launcher. A launcher's fold jobs
-(``output=<run folder>``) are folds of one run, not runs: they get no sweep table (the run's own files are theirs).
+(``output=<run folder>``) are folds of one run, not runs: their table (``<run>/.jobs/sweep.md``) lists each job's
+fold, state and score, read from the run's ``fold_<k>/result.json``.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from ..files import write_json
 log = logging.getLogger(__name__)
 
 
-def _locked_write(sweep_dir: Path) -> str | None:
-    """The summary's ``best trial:`` line. Never raises: a summary problem must not fail the job that triggered it
-    (the next job rewrites it)."""
-    from ..analysis.summary import best_trial, write_sweep  # pandas only once a job has run, not at every start-up
+def _locked_write(sweep_dir: Path, run_dir: Path | None = None) -> str | None:
+    """The summary's ``best trial:`` line (``run_dir``: the fold jobs' table of that run instead). Never raises: a
+    summary problem must not fail the job that triggered it (the next job rewrites it)."""
+    from ..analysis.summary import best_trial, write_fold_jobs, write_sweep  # pandas once a job has run
 
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(sweep_dir / ".sweep.lock"):
+            if run_dir is not None:
+                write_fold_jobs(sweep_dir, run_dir)
+                return None
             jobs = write_sweep(sweep_dir)
         return best_trial(sweep_dir, jobs) if len(jobs) else None
     except Exception as err:  # noqa: BLE001
@@ -50,7 +54,8 @@ class SweepSummary(Callback):
                     "error": " ".join(f"{type(err).__name__}: {err}".split())[:500] if failed else None,
                     "wall_time_s": round(time.perf_counter() - getattr(self, "_started", time.perf_counter()), 1)},
                    out / "job_status.json")
-        if config.get("output") is not None:  # a fold job of a launcher: its run collects it
+        if config.get("output") is not None:  # a fold job of a launcher: the table of the run's fold jobs
+            _locked_write(out.parent, run_dir=Path(config.output))
             return
         # output_dir = <sweep dir>/<subdir>, absolute even in a worker with another working directory.
         _locked_write(out.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])
