@@ -12,7 +12,7 @@ HPO    ?= rdrop
 TS     := $(shell date +%Y-%m-%d_%H-%M-%S)
 
 # `make cv model=tiny` would set a make variable and drop the override silently: refuse words make does not know.
-KNOWN   := VENV EXP DATA ARGS RESUME RUN INPUT RUNS HPO LAUNCHER YES
+KNOWN   := VENV EXP DATA ARGS RESUME RUN INPUT RUNS HPO LAUNCHER YES OUT
 empty   :=
 space   := $(empty) $(empty)
 UNKNOWN := $(filter-out $(KNOWN),$(foreach v,$(subst \$(space),_,$(MAKEOVERRIDES)),$(firstword $(subst =, ,$(v)))))
@@ -22,7 +22,7 @@ endif
 
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup cv collect predict test test-fast lint bench race compare sweep hpo notebook ensemble clean
+.PHONY: help setup cv collect predict export test test-fast lint bench race compare sweep hpo notebook ensemble clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,6 +44,9 @@ collect: setup  ## (re)build a run's oof.csv, submission.csv, metrics.json from 
 
 predict: setup  ## bagged predictions of a run's fold models: make predict [EXP=baseline DATA=commonlit | RUN=<run>] [INPUT=test.csv] [ARGS="--text-col passage"]
 	$(PY) -m kfold_nlp.cli predict "$(RUN)" $(if $(INPUT),"$(INPUT)") $(ARGS)
+
+export: setup  ## an internet-off inference bundle of a run: make export [RUN=<run>] [OUT=<folder>] [ARGS="--fp16"]
+	$(PY) -m kfold_nlp.cli export "$(RUN)" $(if $(OUT),--out "$(OUT)") $(ARGS)
 
 test: setup  ## the test suite (tiny random models, no network): every test, the slow ones too
 	$(PY) -m pytest

@@ -193,6 +193,13 @@ def test_the_holdout_scores_are_those_of_the_run_files(held_runs):
     o = sel["optimism"]
     assert o["mean"] == pytest.approx(np.mean(gaps)) and o["lo"] <= o["mean"] <= o["hi"]
     assert set(sel["policies"]) == {"best", "last", "ema"}
+    # what the choice adds: the optimism beyond that of the last weights, which choose nothing (paired)
+    last = sel["policies"]["last"]
+    choice = sel["choice_optimism"]
+    assert choice["mean"] == pytest.approx(o["mean"] - last["optimism"]["mean"]) and choice["lo"] <= choice["hi"]
+    assert "choice_optimism" not in last
+    diff = sel["policies"]["ema"]["holdout_diff"]  # the bagged holdout RMSE of ema minus that of the run's own
+    assert diff["mean"] == pytest.approx(sel["policies"]["ema"]["holdout_rmse"] - sel["rmse"])
 
 
 def test_the_optimism_interval_is_zero_wide_for_a_model_equally_good_on_both_sets():

@@ -1,0 +1,110 @@
+"""``make export RUN=<run> [OUT=<folder>]``: a run as a folder an internet-off notebook predicts from.
+
+The bundle holds each fold model (safetensors; ``--fp16`` halves them), the tokenizer and the backbone's config (no
+model hub), ``settings.json`` (what the script needs of the run's config: pooling, head width, max length, column
+names, bagging), ``infer.py`` (``bundle/infer.py``: torch, transformers, safetensors, numpy and pandas only),
+``kfold_regressor.py`` (the project's model definition, copied) and ``manifest.json``: the library versions it was
+built with and the sha256 of every file, which the script checks before it predicts. It is written into a
+temporary sibling folder and renamed into place, so a bundle is whole or absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ..config.paths import offline_for_local
+from ..errors import DataError, OneLineError, refuse
+from ..files import write_json
+from ..predict import fold_models
+from ..rundir import read_run_config
+from . import infer
+
+LIBRARIES = infer.LIBRARIES
+REGRESSOR = Path(__file__).resolve().parents[1] / "model" / "regressor.py"  # torch and transformers only
+
+
+def default_out(run_dir: Path) -> Path:
+    return Path(run_dir) / "bundle"
+
+
+def check_out(out: Path) -> None:
+    """``OUT`` may replace an earlier bundle (it holds ``manifest.json`` and ``infer.py``), never anything else."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if (out / "manifest.json").is_file() and (out / "infer.py").is_file():
+        return
+    raise DataError(f"{out}: exists and is not a bundle; give a new folder as OUT")
+
+
+def export_run(run_dir: Path, out: Path | None = None, fp16: bool = False) -> dict:
+    """Write the bundle of ``run_dir`` to ``out`` (default ``<run>/bundle``); returns its summary."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    models = fold_models(run_dir, cfg)  # every fold the run trained, or refused naming the missing one
+    out = Path(out) if out is not None else default_out(run_dir)
+    check_out(out)
+    model = OmegaConf.to_container(cfg.model, resolve=True)  # the backbone's path on this machine
+    offline_for_local(model["backbone"], model.get("tokenizer"))
+    from safetensors.torch import load_file, save_file  # after offline_for_local: transformers reads it once
+    from transformers import AutoConfig
+
+    from ..model.regressor import load_tokenizer
+    from ..model.tasks import n_outputs
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        load_tokenizer(OmegaConf.create(model)).save_pretrained(tmp / "tokenizer")
+        AutoConfig.from_pretrained(model["backbone"], **dict(model.get("config_overrides") or {})).save_pretrained(
+            tmp / "backbone")
+        names = []
+        for path in models:
+            tensors = load_file(str(path))
+            if fp16:
+                tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+            names.append(f"{path.parent.name}.safetensors")
+            save_file(tensors, str(tmp / names[-1]))
+        settings = {"run": str(run_dir.resolve()), "models": names, "fp16": fp16, "n_outputs": n_outputs(cfg),
+                    "model": {"pooling": model["pooling"], "head_dropout": model["head_dropout"]},
+                    "max_length": model["max_length"], "batch_size": cfg.trainer.eval_batch_size,
+                    "id_col": cfg.data.id_col, "text_col": cfg.data.text_col, "target_col": cfg.data.target_col,
+                    "bagging": cfg.cv.bagging}
+        write_json(settings, tmp / "settings.json")
+        shutil.copyfile(infer.__file__, tmp / "infer.py")
+        shutil.copyfile(REGRESSOR, tmp / "kfold_regressor.py")
+        files = {p.relative_to(tmp).as_posix(): infer.sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        versions = {"python": sys.version.split()[0]} | {name: version(name) for name in LIBRARIES}
+        write_json({"versions": versions, "files": files}, tmp / "manifest.json")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"out": out, "models": len(names), "size_mb": size / 2**20, "fp16": fp16}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
+    parser.add_argument("run_dir", type=Path, help="a finished run folder")
+    parser.add_argument("--out", type=Path, help="default: <run folder>/bundle")
+    parser.add_argument("--fp16", action="store_true", help="fold models in half precision (half the size)")
+    args = parser.parse_args(argv)
+    try:
+        summary = export_run(args.run_dir, args.out, args.fp16)
+    except (OneLineError, OSError) as err:
+        refuse(err, f"export again (make export RUN={args.run_dir})", args.run_dir)
+    print(f"Bundle: {summary['out']} | {summary['models']} fold models{' in fp16' if summary['fp16'] else ''}, "
+          f"{summary['size_mb']:.1f} MiB | predict offline with: python {summary['out']}/infer.py <test.csv> "
+          f"--out submission.csv")
+
+
+if __name__ == "__main__":
+    main()
