@@ -21,26 +21,39 @@ from kfold_nlp.cv.run import run as run_cv
 
 pytestmark = pytest.mark.slow  # the bundle's script runs in another process (see tests/test_tiers.py)
 
-# What the script runs under: these imports fail, as on a competition image without the project's environment.
-BLOCKED = ("hydra", "omegaconf", "wandb", "kfold_nlp", "accelerate")
-RUNNER = f"""
+# What the script runs under: this environment's packages without these (a competition image has none of them).
+EXCLUDED = ("hydra", "omegaconf", "wandb", "kfold_nlp", "kfold-nlp", "kfold_nlp-", "__editable__")
+RUNNER = """
 import runpy, sys
-class Blocked:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {BLOCKED!r}:
-            raise ImportError(f"{{name}} is not in this environment")
-sys.meta_path.insert(0, Blocked())
-for name in list(sys.modules):
-    if name.split(".")[0] in {BLOCKED!r}:
-        del sys.modules[name]
-script = sys.argv[1]
-sys.argv = sys.argv[1:]
+sys.path.insert(0, sys.argv[1])
+script = sys.argv[2]
+sys.argv = sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 """
 
 
-def run_script(bundle: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-I", "-c", RUNNER, str(bundle / "infer.py"), *args],
+@pytest.fixture(scope="module")
+def bare_site(tmp_path_factory) -> Path:
+    """A site-packages folder of links to this environment's packages, less the excluded ones (``python -S`` then
+    sees no other: the project's editable install is a .pth file of the real site-packages)."""
+    import site
+
+    site_dir = tmp_path_factory.mktemp("bare-site")
+    for real in site.getsitepackages():
+        for entry in Path(real).iterdir():
+            if entry.suffix == ".pth" or entry.name.lower().startswith(EXCLUDED):
+                continue
+            if not (site_dir / entry.name).exists():
+                (site_dir / entry.name).symlink_to(entry)
+    for name in ("hydra", "omegaconf", "wandb", "kfold_nlp"):
+        probe = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(site_dir)!r}); "
+                                f"import {name}"], capture_output=True, text=True)
+        assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, name
+    return site_dir
+
+
+def run_script(site_dir: Path, bundle: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-S", "-c", RUNNER, str(site_dir), str(bundle / "infer.py"), *args],
                           capture_output=True, text=True, timeout=600, cwd=bundle.parent)
 
 
@@ -64,14 +77,14 @@ def fresh_accelerator_state_module():
     yield
 
 
-def test_the_bundle_reproduces_make_predict_without_the_projects_libraries(fp32_run, tmp_path):
+def test_the_bundle_reproduces_make_predict_without_the_projects_libraries(fp32_run, bare_site, tmp_path):
     test_csv = fp32_run.parent / "data" / "test.csv"
     expected = predict.predict_run(fp32_run, test_csv)
     summary = export.export_run(fp32_run, tmp_path / "bundle")
     bundle = summary["out"]
     assert summary["models"] == 3 and sorted(p.name for p in bundle.glob("fold_*.safetensors")) == [
         "fold_0.safetensors", "fold_1.safetensors", "fold_2.safetensors"]
-    proc = run_script(bundle, str(test_csv), "--out", str(tmp_path / "submission.csv"))
+    proc = run_script(bare_site, bundle, str(test_csv), "--out", str(tmp_path / "submission.csv"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = pd.read_csv(tmp_path / "submission.csv", dtype={"id": str})
     assert list(got.columns) == list(expected.columns) and got["id"].tolist() == expected["id"].tolist()
@@ -79,13 +92,14 @@ def test_the_bundle_reproduces_make_predict_without_the_projects_libraries(fp32_
 
     half = export.export_run(fp32_run, tmp_path / "half", fp16=True)
     assert half["size_mb"] < 0.6 * summary["size_mb"] + 1  # the models are most of it, at half their size
-    proc = run_script(half["out"], str(test_csv), "--out", str(tmp_path / "half.csv"))
+    proc = run_script(bare_site, half["out"], str(test_csv), "--out", str(tmp_path / "half.csv"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(pd.read_csv(tmp_path / "half.csv")["target"], expected["target"], atol=1e-2)
 
 
 @pytest.mark.parametrize("damage", ["changed", "missing"])
-def test_a_changed_or_missing_file_of_the_bundle_is_refused_with_one_line(damage, fp32_run, tmp_path):
+def test_a_changed_or_missing_file_of_the_bundle_is_refused_with_one_line(damage, fp32_run, bare_site,
+                                                                          tmp_path):
     bundle = export.export_run(fp32_run, tmp_path / "bundle")["out"]
     target = bundle / "fold_1.safetensors" if damage == "changed" else bundle / "tokenizer" / "tokenizer.json"
     if damage == "changed":
@@ -94,7 +108,7 @@ def test_a_changed_or_missing_file_of_the_bundle_is_refused_with_one_line(damage
         target.write_bytes(bytes(data))
     else:
         target.unlink()
-    proc = run_script(bundle, str(fp32_run.parent / "data" / "test.csv"), "--out", str(tmp_path / "s.csv"))
+    proc = run_script(bare_site, bundle, str(fp32_run.parent / "data" / "test.csv"), "--out", str(tmp_path / "s.csv"))
     lines = proc.stderr.strip().splitlines()
     reason = "changed since the export (sha256 differs); export the run again" if damage == "changed" else \
         "missing; copy the whole bundle (or export the run again)"
