@@ -22,7 +22,7 @@ endif
 
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup cv collect predict export test test-fast lint bench race compare sweep hpo notebook ensemble clean
+.PHONY: help setup cv collect predict refit export test test-fast lint bench race compare sweep hpo notebook ensemble clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,8 +42,11 @@ cv: setup  ## one CV experiment: make cv EXP=rdrop DATA=commonlit ARGS="cv.n_spl
 collect: setup  ## (re)build a run's oof.csv, submission.csv, metrics.json from its fold folders: make collect RUN=<run folder>
 	$(PY) -m kfold_nlp.cli collect "$(RUN)"
 
-predict: setup  ## bagged predictions of a run's fold models: make predict [EXP=baseline DATA=commonlit | RUN=<run>] [INPUT=test.csv] [ARGS="--text-col passage"]
+predict: setup  ## bagged predictions of a run's models: make predict [EXP=baseline DATA=commonlit | RUN=<run>] [INPUT=test.csv] [ARGS="--models all"]
 	$(PY) -m kfold_nlp.cli predict "$(RUN)" $(if $(INPUT),"$(INPUT)") $(ARGS)
+
+refit: setup  ## one more model on every training row of a finished run, into <run>/refit/: make refit [RUN=<run>]
+	$(PY) -m kfold_nlp.cli refit "$(RUN)"
 
 export: setup  ## an internet-off inference bundle of a run: make export [RUN=<run>] [OUT=<folder>] [ARGS="--fp16"]
 	$(PY) -m kfold_nlp.cli export "$(RUN)" $(if $(OUT),--out "$(OUT)") $(ARGS)

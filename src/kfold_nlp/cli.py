@@ -15,6 +15,7 @@ from .errors import Exit
 COMMANDS = {
     "cv": ("kfold_nlp.__main__", "a K-fold CV run: kfold-nlp cv experiment=rdrop data=commonlit cv.n_splits=3"),
     "predict": ("kfold_nlp.predict", "bagged predictions of a run's fold models: kfold-nlp predict RUN [INPUT]"),
+    "refit": ("kfold_nlp.cv.refit", "one more model on every training row of a run: kfold-nlp refit RUN"),
     "export": ("kfold_nlp.bundle.export", "a run as an offline inference bundle: kfold-nlp export RUN [--out DIR]"),
     "collect": ("kfold_nlp.cv.collect", "rebuild a run's oof.csv, submission.csv, metrics.json: kfold-nlp collect RUN"),
     "compare": ("kfold_nlp.analysis.summary", "the compare table of a folder of runs: kfold-nlp compare FOLDER"),

@@ -19,12 +19,22 @@ from .data.tables import load_table
 from .data.tables import test_file as data_test_file
 from .errors import DataError, OneLineError, refuse
 from .files import write_csv
-from .rundir import check_model, expected_folds, fold_dir
+from .rundir import REFIT, check_model, expected_folds, fold_dir
 from .rundir import read_run_config as run_config  # the config a run folder was started with
 
+MODELS = ("folds", "refit", "all")  # --models: which of a run's models are bagged
 
-def fold_models(run_dir: Path, cfg) -> list[Path]:
-    """Every fold model the run trained; a missing one is refused rather than silently left out of the bag."""
+
+def fold_models(run_dir: Path, cfg, which: str = "folds") -> list[Path]:
+    """The models to bag: every fold model the run trained (``folds``), the ``make refit`` model (``refit``), or
+    both (``all``: each counts once); a missing one is refused rather than silently left out of the bag."""
+    refit = run_dir / REFIT / "model.safetensors"
+    if which != "folds" and not (run_dir / REFIT / "result.json").is_file():
+        raise DataError(f"{run_dir}: no finished refit ({run_dir / REFIT}/result.json); train it with "
+                        f"make refit RUN={run_dir}, or use --models folds")
+    if which == "refit":
+        check_model(refit)
+        return [refit]
     models = [fold_dir(run_dir, k) / "model.safetensors" for k in expected_folds(cfg)]
     found = [m for m in models if m.is_file()]
     if not found:
@@ -33,6 +43,7 @@ def fold_models(run_dir: Path, cfg) -> list[Path]:
     if missing:
         raise DataError(f"{run_dir}: no model.safetensors in {', '.join(missing)} (unfinished or deleted); "
                         f"the bag would silently lose those folds")
+    models += [refit] if which == "all" else []
     for model in models:  # every one whole before the first is loaded
         check_model(model)
     return models
@@ -88,11 +99,11 @@ def check_own_test(run_dir: Path, path: Path, ids: pd.Series) -> None:
 
 
 def predict_run(run_dir, input_csv=None, bagging: str | None = None, id_col: str | None = None,
-                text_col: str | None = None) -> pd.DataFrame:
+                text_col: str | None = None, models: str = "folds") -> pd.DataFrame:
     """One row per input row: the id and the bagged target, under the run's own id and target column names."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    models = fold_models(run_dir, cfg)
+    models = fold_models(run_dir, cfg, models)
     own_test = input_csv is None
     if input_csv is None:
         input_csv = test_file(cfg)
@@ -116,16 +127,18 @@ def main(argv=None) -> None:
     parser.add_argument("--text-col", help="text column of the input (default: the run's data.text_col)")
     parser.add_argument("--out", type=Path, help="default: <run folder>/predictions/<input name>.csv")
     parser.add_argument("--bagging", choices=BAGGING)
+    parser.add_argument("--models", choices=MODELS, default="folds",
+                        help="bag the fold models (default), the make refit model, or all of them")
     args = parser.parse_args(argv)
     try:
-        result = predict_run(args.run_dir, args.input, args.bagging, args.id_col, args.text_col)
-        n_models = len(fold_models(args.run_dir, run_config(args.run_dir)))
+        result = predict_run(args.run_dir, args.input, args.bagging, args.id_col, args.text_col, args.models)
+        n_models = len(fold_models(args.run_dir, run_config(args.run_dir), args.models))
         source = args.input or test_file(run_config(args.run_dir))
         out = args.out or args.run_dir / "predictions" / source.name
         write_csv(result, out)
     except (OneLineError, OSError) as err:
         refuse(err, "predict again", args.run_dir)
-    print(f"Wrote {len(result)} bagged predictions from {n_models} fold models to {out}")
+    print(f"Wrote {len(result)} bagged predictions from {n_models} models ({args.models}) to {out}")
 
 
 if __name__ == "__main__":

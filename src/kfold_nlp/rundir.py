@@ -26,6 +26,9 @@ ADDED_KEYS = {"trainer.select": "best", "trainer.also_select": [], "trainer.ema_
 MOVED = {"kfold_nlp.tasks.": "kfold_nlp.model.tasks.", "kfold_nlp.regularizers.": "kfold_nlp.model.regularizers."}
 
 
+REFIT = "refit"  # <run>/refit/: the model ``make refit`` trained on every training row
+
+
 def fold_dir(run_dir: Path, fold: int) -> Path:
     return run_dir / f"fold_{fold}"
 

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from ..config.paths import offline_for_local
 from ..errors import DataError, OneLineError, refuse
 from ..files import write_json
-from ..predict import fold_models
+from ..predict import MODELS, fold_models
 from ..rundir import read_run_config
 from . import infer
 
@@ -43,11 +43,12 @@ def check_out(out: Path) -> None:
     raise DataError(f"{out}: exists and is not a bundle; give a new folder as OUT")
 
 
-def export_run(run_dir: Path, out: Path | None = None, fp16: bool = False) -> dict:
-    """Write the bundle of ``run_dir`` to ``out`` (default ``<run>/bundle``); returns its summary."""
+def export_run(run_dir: Path, out: Path | None = None, fp16: bool = False, models: str = "folds") -> dict:
+    """Write the bundle of ``run_dir`` to ``out`` (default ``<run>/bundle``) with its ``models`` (``folds``,
+    ``refit`` or ``all``, as ``make predict --models``); returns its summary."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    models = fold_models(run_dir, cfg)  # every fold the run trained, or refused naming the missing one
+    paths = fold_models(run_dir, cfg, models)  # every model asked for, or refused naming the missing one
     out = Path(out) if out is not None else default_out(run_dir)
     check_out(out)
     model = OmegaConf.to_container(cfg.model, resolve=True)  # the backbone's path on this machine
@@ -65,7 +66,7 @@ def export_run(run_dir: Path, out: Path | None = None, fp16: bool = False) -> di
         AutoConfig.from_pretrained(model["backbone"], **dict(model.get("config_overrides") or {})).save_pretrained(
             tmp / "backbone")
         names = []
-        for path in models:
+        for path in paths:
             tensors = load_file(str(path))
             if fp16:
                 tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
@@ -96,12 +97,13 @@ def main(argv=None) -> None:
     parser.add_argument("run_dir", type=Path, help="a finished run folder")
     parser.add_argument("--out", type=Path, help="default: <run folder>/bundle")
     parser.add_argument("--fp16", action="store_true", help="fold models in half precision (half the size)")
+    parser.add_argument("--models", choices=MODELS, default="folds", help="the fold models, the refit, or all")
     args = parser.parse_args(argv)
     try:
-        summary = export_run(args.run_dir, args.out, args.fp16)
+        summary = export_run(args.run_dir, args.out, args.fp16, args.models)
     except (OneLineError, OSError) as err:
         refuse(err, f"export again (make export RUN={args.run_dir})", args.run_dir)
-    print(f"Bundle: {summary['out']} | {summary['models']} fold models{' in fp16' if summary['fp16'] else ''}, "
+    print(f"Bundle: {summary['out']} | {summary['models']} models{' in fp16' if summary['fp16'] else ''}, "
           f"{summary['size_mb']:.1f} MiB | predict offline with: python {summary['out']}/infer.py <test.csv> "
           f"--out submission.csv")
 

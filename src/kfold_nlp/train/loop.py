@@ -158,8 +158,8 @@ class FoldTraining:
     optimizer: torch.optim.Optimizer
     scheduler: object
     accelerator: Accelerator
-    val_loader: DataLoader
-    val_target: np.ndarray
+    val_loader: DataLoader | None  # None: a refit, no validation rows
+    val_target: np.ndarray | None
     cfg: object  # the whole config (``trainer`` and ``seed`` are read)
     fold: int
     log: object
@@ -209,7 +209,7 @@ class FoldTraining:
         chosen = [(policy, policy.final(self.unwrapped)) for policy in self.policies]
         for policy, weights in reversed(chosen):
             self.unwrapped.load_state_dict(weights)
-            if not policy.known(step):
+            if not policy.known(step) and self.val_loader is not None:
                 began = time.perf_counter()
                 policy.pred = predict(self.model, self.val_loader, self.accelerator)
                 policy.mse, policy.step = float(np.mean((policy.pred - self.val_target) ** 2)), step
@@ -281,7 +281,8 @@ class FoldTraining:
 
 def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, accelerator,
                log=lambda metrics, step: None, fold=0, task: Task | None = None, snapshot_dir=None,
-               extra_state: dict | None = None, saved: snapshot.Snapshot | None = None, holdout_loader=None):
+               extra_state: dict | None = None, saved: snapshot.Snapshot | None = None, holdout_loader=None,
+               max_steps: int | None = None, label: str | None = None):
     """Train one fold and keep the weights ``trainer.select`` chooses (in memory; the caller saves them).
 
     ``task`` (set up on ``model``) gives the loss; default: MSE on the target. With ``snapshot_dir`` (the fold's
@@ -289,7 +290,9 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
     end, and a snapshot found there is continued from, mid-epoch: the steps before it are not trained again.
     ``extra_state`` (JSON) is saved with every snapshot (the fold's W&B run id); ``saved``: the snapshot already
     loaded from ``snapshot_dir`` by the caller (which needed its W&B run id first). ``holdout_loader``: rows no
-    policy may look at before the fold ends; each policy's weights predict them then.
+    policy may look at before the fold ends; each policy's weights predict them then. ``val_loader`` None (a refit
+    on every row): no evaluation, the schedule planned over ``trainer.epochs`` and the training stopped after
+    ``max_steps`` optimizer steps. ``label``: the progress bar's (default ``fold <k>``).
 
     Raises ``Diverged`` at the first non-finite training loss or validation MSE.
     """
@@ -297,7 +300,10 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
     optimizer = build_optimizer(cfg.optimizer, model)
     penalty = weight_penalty(model, tcfg.get("penalty"), tcfg.get("penalty_weight", 0.0))
     generator = getattr(train_loader.sampler, "generator", None)  # the sampler's: its state fixes an epoch's order
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    if val_loader is not None:
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    else:
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if holdout_loader is not None:
         holdout_loader = accelerator.prepare(holdout_loader)
     steps_per_epoch = math.ceil(len(train_loader) / tcfg.grad_accum)
@@ -306,8 +312,9 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
     planned = planned_evaluations(steps_per_epoch, tcfg.epochs, tcfg.eval_every, at)
     policies = [selection.make(name, accelerator.unwrap_model(model), tcfg, planned)
                 for name in selection.policies(tcfg)]
-    run = FoldTraining(model, optimizer, scheduler, accelerator, val_loader, np.asarray(val_target, dtype=float), cfg,
-                       fold, log, snapshot_dir, extra_state or {}, policies, holdout_loader)
+    run = FoldTraining(model, optimizer, scheduler, accelerator, val_loader,
+                       None if val_target is None else np.asarray(val_target, dtype=float), cfg, fold, log,
+                       snapshot_dir, extra_state or {}, policies, holdout_loader)
     start = time.perf_counter()
     if saved is None and snapshot_dir is not None:
         saved = snapshot.load(snapshot_dir)
@@ -316,7 +323,7 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
     state, skip = run.state, run.state.batch  # skip: the resumed epoch's batches trained before the snapshot
     snapshot_every = tcfg.get("snapshot_every") if snapshot_dir is not None else None
     model.train()
-    with tqdm(total=steps_per_epoch * tcfg.epochs, initial=state.step, desc=f"fold {fold}", dynamic_ncols=True,
+    with tqdm(total=steps_per_epoch * tcfg.epochs, initial=state.step, desc=label or f"fold {fold}", dynamic_ncols=True,
               disable=not accelerator.is_local_main_process) as bar:
         for epoch in range(state.epoch, tcfg.epochs):
             if state.stop:
@@ -338,8 +345,9 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
                 epoch_end = state.batch >= len(train_loader)
                 due = (state.step % tcfg.eval_every == 0 if at is None
                        else state.step - epoch * steps_per_epoch in at)
-                if epoch_end or due:
+                if val_loader is not None and (epoch_end or due):
                     state.stop = run.evaluate(bar, epoch_end)
+                state.stop = state.stop or (max_steps is not None and state.step >= max_steps)
                 if snapshot_dir is not None and (epoch_end or state.stop
                                                  or (snapshot_every and state.step % snapshot_every == 0)):
                     run.save_snapshot(epoch_start)
