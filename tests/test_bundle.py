@@ -124,3 +124,18 @@ def test_the_manifest_records_the_versions_and_a_checksum_of_every_file(fp32_run
     with pytest.raises(SystemExit) as exit_:  # a folder that is not a bundle is never replaced
         export.main([str(fp32_run), "--out", str(fp32_run)])
     assert exit_.value.code == 2
+
+
+def test_a_classical_members_bundle_reproduces_make_predict(bare_site, tmp_path):
+    overrides = [o for o in tiny_overrides(tmp_path / "data", tmp_path) if not o.startswith("hydra.")]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", [*overrides, "name=test", "model=tfidf_ridge"])
+    run_cv(cfg, tmp_path / "run")
+    test_csv = tmp_path / "data" / "test.csv"
+    bundle = export.export_run(tmp_path / "run", tmp_path / "bundle")["out"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert "scikit-learn" in manifest["versions"] and "torch" not in manifest["versions"]
+    proc = run_script(bare_site, bundle, str(test_csv), "--out", str(tmp_path / "s.csv"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv")["target"],
+                               predict.predict_run(tmp_path / "run", test_csv)["target"], atol=1e-9)

@@ -19,6 +19,7 @@ from .data.tables import load_table
 from .data.tables import test_file as data_test_file
 from .errors import DataError, OneLineError, refuse
 from .files import write_csv
+from .model import classical
 from .rundir import REFIT, check_model, expected_folds, fold_dir
 from .rundir import read_run_config as run_config  # the config a run folder was started with
 
@@ -35,6 +36,15 @@ def fold_models(run_dir: Path, cfg, which: str = "folds") -> list[Path]:
     if which == "refit":
         check_model(refit)
         return [refit]
+    if classical.is_classical(cfg.model):
+        if which != "folds":
+            raise DataError(f"{run_dir}: a scikit-learn run has no refit; use --models folds")
+        models = [fold_dir(run_dir, k) / classical.FILE for k in expected_folds(cfg)]
+        missing = [m.parent.name for m in models if not m.is_file()]
+        if missing:
+            raise DataError(f"{run_dir}: no {classical.FILE} in {', '.join(missing)} (unfinished, deleted, or run "
+                            f"with trainer.save_models=false)")
+        return models
     models = [fold_dir(run_dir, k) / "model.safetensors" for k in expected_folds(cfg)]
     found = [m for m in models if m.is_file()]
     if not found:
@@ -57,6 +67,10 @@ def test_file(cfg) -> Path | None:
 
 def predict_texts(cfg, models: list[Path], texts, batch_size: int | None = None) -> np.ndarray:
     """Each fold model's predictions of ``texts`` (models x rows); one model in memory at a time."""
+    if classical.is_classical(cfg.model):
+        import joblib
+
+        return np.stack([joblib.load(path).predict(np.asarray(list(texts), dtype=object)) for path in models])
     import torch
     from safetensors.torch import load_model
 

@@ -78,7 +78,10 @@ def read_run_config(run_dir: Path) -> DictConfig:
     """The config a run folder was started with (``run_config.yaml``), refused when it is cut short, does not parse
     or lacks a key the schema requires (a file cut at a line end parses up to there). A config from before a key
     existed gets that key's ``ADDED_KEYS`` value, and the classes it names where they live now (``MOVED``)."""
-    from .config.schema import RULES  # here, not above: the schema loads torch and transformers, which predict and
+    from .config.schema import (  # here, not above: the schema loads torch and transformers, which predict and
+        RULES,
+        TRANSFORMER_KEYS,
+    )
     # distillation import only after config.paths.offline_for_local
 
     run_dir = Path(run_dir)
@@ -96,7 +99,9 @@ def read_run_config(run_dir: Path) -> DictConfig:
     if isinstance(tree, dict):
         cfg = OmegaConf.create(_updated(tree))
         tree = OmegaConf.to_container(cfg, resolve=False)
-    required = [key for key, rule in RULES.items() if not rule.optional]  # an optional key may be left out
+    classical = isinstance(tree, dict) and (tree.get("model") or {}).get("kind") == "sklearn"
+    required = [key for key, rule in RULES.items()  # an optional key may be left out, a classical one the backbone's
+                if not rule.optional and not (classical and key in TRANSFORMER_KEYS)]
     absent = [key for key in required if not _has(tree, key)] if isinstance(tree, dict) else ["name"]
     if absent:
         raise DataError(f"{path}: incomplete (no {absent[0]}); {RESTORE}")

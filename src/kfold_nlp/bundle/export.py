@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from ..config.paths import offline_for_local
 from ..errors import DataError, OneLineError, refuse
 from ..files import write_json
+from ..model.classical import is_classical
 from ..predict import MODELS, fold_models
 from ..rundir import read_run_config
 from . import infer
@@ -51,6 +52,8 @@ def export_run(run_dir: Path, out: Path | None = None, fp16: bool = False, model
     paths = fold_models(run_dir, cfg, models)  # every model asked for, or refused naming the missing one
     out = Path(out) if out is not None else default_out(run_dir)
     check_out(out)
+    if is_classical(cfg.model):
+        return _export_classical(run_dir, cfg, paths, out)
     model = OmegaConf.to_container(cfg.model, resolve=True)  # the backbone's path on this machine
     offline_for_local(model["backbone"], model.get("tokenizer"))
     from safetensors.torch import load_file, save_file  # after offline_for_local: transformers reads it once
@@ -77,19 +80,41 @@ def export_run(run_dir: Path, out: Path | None = None, fp16: bool = False, model
                     "max_length": model["max_length"], "batch_size": cfg.trainer.eval_batch_size,
                     "id_col": cfg.data.id_col, "text_col": cfg.data.text_col, "target_col": cfg.data.target_col,
                     "bagging": cfg.cv.bagging}
-        write_json(settings, tmp / "settings.json")
-        shutil.copyfile(infer.__file__, tmp / "infer.py")
         shutil.copyfile(REGRESSOR, tmp / "kfold_regressor.py")
-        files = {p.relative_to(tmp).as_posix(): infer.sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        versions = {"python": sys.version.split()[0]} | {name: version(name) for name in LIBRARIES}
-        write_json({"versions": versions, "files": files}, tmp / "manifest.json")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _write(tmp, out, settings, LIBRARIES)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"out": out, "models": len(names), "size_mb": size / 2**20, "fp16": fp16}
+
+
+def _write(tmp: Path, out: Path, settings: dict, libraries: tuple) -> None:
+    """settings.json, the script, the manifest (versions, checksums), then the bundle into place."""
+    write_json(settings, tmp / "settings.json")
+    shutil.copyfile(infer.__file__, tmp / "infer.py")
+    files = {p.relative_to(tmp).as_posix(): infer.sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    versions = {"python": sys.version.split()[0]} | {name: version(name) for name in libraries}
+    write_json({"versions": versions, "files": files}, tmp / "manifest.json")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def _export_classical(run_dir: Path, cfg, paths: list[Path], out: Path) -> dict:
+    """A scikit-learn run's bundle: its fold pipelines (joblib); the script then needs scikit-learn too."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        names = [f"{path.parent.name}.joblib" for path in paths]
+        for path, name in zip(paths, names):
+            shutil.copyfile(path, tmp / name)
+        settings = {"run": str(run_dir.resolve()), "kind": "sklearn", "models": names, "id_col": cfg.data.id_col,
+                    "text_col": cfg.data.text_col, "target_col": cfg.data.target_col, "bagging": cfg.cv.bagging}
+        _write(tmp, out, settings, ("numpy", "pandas", "scikit-learn", "joblib"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"out": out, "models": len(names), "size_mb": size / 2**20, "fp16": False}
 
 
 def main(argv=None) -> None:

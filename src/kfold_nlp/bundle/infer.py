@@ -1,7 +1,8 @@
 """Predict a CSV with an exported run, internet off: ``python infer.py test.csv [--out submission.csv]``.
 
 This file is copied into every bundle (``make export``) and needs torch, transformers, safetensors, numpy and
-pandas only: no Hydra, OmegaConf, W&B or kfold_nlp, so it runs on a competition's own image. Before predicting it
+pandas only (a classical member's bundle: numpy, pandas, scikit-learn and joblib): no Hydra, OmegaConf, W&B or
+kfold_nlp, so it runs on a competition's own image. Before predicting it
 checks every file against ``manifest.json`` (a missing or changed file is refused with one line) and names the
 libraries whose versions differ from those the bundle was built with.
 """
@@ -73,6 +74,11 @@ def version_notes(manifest: dict) -> list[str]:
 def predict(bundle: Path, texts: list[str], settings: dict, batch_size: int) -> list:
     """Each fold model's predictions of ``texts`` (one model in memory at a time), in the texts' order."""
     import numpy as np
+
+    if settings.get("kind") == "sklearn":  # a classical member's pipelines (scikit-learn and joblib needed)
+        import joblib
+
+        return [joblib.load(bundle / name).predict(np.asarray(texts, dtype=object)) for name in settings["models"]]
     import torch
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
@@ -126,7 +132,7 @@ def main(argv=None) -> None:
             raise Refused(f"{args.input}: no {missing[0]!r} column (the run read ids from {settings['id_col']!r} and "
                           f"texts from {settings['text_col']!r})")
         preds = np.stack(predict(HERE, table[settings["text_col"]].astype(str).tolist(), settings,
-                                 args.batch_size or settings["batch_size"]))
+                                 args.batch_size or settings.get("batch_size", 64)))
         bagged = preds.mean(0) if settings["bagging"] == "mean" else np.median(preds, 0)
         pd.DataFrame({settings["id_col"]: table[settings["id_col"]], settings["target_col"]: bagged}).to_csv(
             args.out, index=False)

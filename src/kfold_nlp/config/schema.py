@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..bagging import BAGGING
 from ..errors import ConfigError
+from ..model.classical import KIND, is_classical
 from ..model.optim import PENALTIES
 from ..model.regressor import Pooler, load_tokenizer
 from ..model.tasks import task_class
@@ -59,6 +60,8 @@ RULES: dict[str, Rule] = {
     "model.backbone_dropout": Rule(float, ge=0, lt=1, optional=True),
     "model.config_overrides": Rule(dict),
     "model.max_length": Rule(int, ge=1),
+    "model.kind": Rule(str, choices=("transformer", KIND), optional=True),  # absent: a transformer
+    "model.estimator": Rule(dict, optional=True),  # kind=sklearn: the pipeline builder and its keyword arguments
     "trainer.epochs": Rule(int, ge=1),
     "trainer.batch_size": Rule(int, ge=1),
     "trainer.eval_batch_size": Rule(int, ge=1),
@@ -92,6 +95,8 @@ RULES: dict[str, Rule] = {
     "distill.unlabeled": Rule(str, optional=True),
 }
 
+
+TRANSFORMER_KEYS = tuple(k for k in RULES if k.startswith("model.") and k not in ("model.kind", "model.estimator"))
 
 # The ranges of the optimizer keys that have one (torch.optim's own checks back these up); which keys an optimizer
 # takes is its class's signature (``optimizer_rules``). head_lr and llrd are build_optimizer's, for every optimizer.
@@ -200,8 +205,11 @@ def _check_launcher(launcher: str | None) -> None:
 
 def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
     """Raise ``ConfigError`` for the first key of ``cfg`` that breaks its rule (fixed groups, then the choices)."""
+    classical = is_classical(cfg.model)
     for key, rule in RULES.items():
         if key.startswith("data.generate.") and not _select(cfg, "data.generate"):
+            continue
+        if classical and key in TRANSFORMER_KEYS:  # a scikit-learn pipeline has no backbone, pooling or tokenizer
             continue
         if is_missing(cfg, key):
             raise ConfigError(f"{key}: required, give it on the command line ({key}=...)")
@@ -251,9 +259,31 @@ def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
     _check_distill(cfg)
     _check_launcher(cfg.get("launcher"))
 
-    _check_max_length(cfg.model)
+    if classical:
+        _check_estimator(cfg)
+    else:
+        _check_max_length(cfg.model)
     if check_files:
         _check_paths(cfg)
+
+
+def _check_estimator(cfg) -> None:
+    """A classical preset's builder and its keys (the builder's keyword arguments); no teacher (it trains on
+    labels only)."""
+    from hydra.utils import get_method
+
+    est = cfg.model.get("estimator")
+    if est is None or "_target_" not in est:
+        raise ConfigError("model.estimator: required with model.kind=sklearn (its _target_: a pipeline builder)")
+    try:
+        builder = get_method(est._target_)
+    except Exception as err:  # noqa: BLE001  (an import error, a missing attribute)
+        raise ConfigError(f"model.estimator._target_={est._target_}: not a function "
+                          f"({' '.join(str(err).split())[:160]})") from None
+    check_params("model.estimator", keyword_rules(builder, {}) or {}, est, what="estimator")
+    if _select(cfg, "distill.teacher") is not None:
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher}: model.kind=sklearn trains on the labels only; "
+                          f"distil into a transformer")
 
 
 def _check_max_length(model_cfg) -> None:

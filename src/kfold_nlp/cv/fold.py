@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -18,6 +20,7 @@ from ..data import fingerprint
 from ..data.folds import HOLDOUT
 from ..data.loading import EncodedRows, make_loader
 from ..files import atomic_path, write_csv, write_json
+from ..model import classical
 from ..model.regressor import build_model
 from ..rundir import fold_dir
 from ..track.base import WANDB_TARGET, make, target, tracked
@@ -57,8 +60,45 @@ def saved_run_id(cfg: DictConfig, state: dict) -> str | None:
     return state.get("tracker_id", state.get("wandb_id"))
 
 
+def fit_classical(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, group: str) -> dict:
+    """Fit a scikit-learn member on fold ``fold``'s training rows and write ``fold_<k>/`` as a transformer fold
+    would (``model.joblib`` instead of ``model.safetensors``; no steps, no snapshot)."""
+    fdir, targets, texts = fold_dir(run_dir, fold), data.targets, data.train["text"].to_numpy()
+    tr, va = np.flatnonzero((data.folds != fold) & (data.folds != HOLDOUT)), np.flatnonzero(data.folds == fold)
+    held = np.flatnonzero(data.folds == HOLDOUT)
+    reset_peak_memory()
+    with tracked(make(cfg.logger), run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
+                 config=tracked_config(cfg)) as tracker_run:
+        began = time.perf_counter()
+        estimator = instantiate(cfg.model.estimator).fit(texts[tr], targets[tr])
+        fit_time = time.perf_counter() - began
+        val_pred = estimator.predict(texts[va])
+        mse = float(np.mean((val_pred - targets[va]) ** 2))
+        result = {"mse": mse, "rmse": math.sqrt(mse), "best_step": 0, "steps": 0, "planned_steps": 0,
+                  "train_time_s": round(fit_time, 2), "eval_time_s": 0.0, "select": "last", **memory_mb()}
+        if len(held):
+            held_pred = estimator.predict(texts[held])
+            result["holdout_rmse"] = math.sqrt(float(np.mean((held_pred - targets[held]) ** 2)))
+        tracker_run.update_summary({"best/val_mse": mse, "best/val_rmse": result["rmse"]})
+        fdir.mkdir(parents=True, exist_ok=True)
+        if cfg.trainer.save_models:
+            with atomic_path(fdir / classical.FILE) as tmp:
+                joblib.dump(estimator, tmp)
+        write_csv(pd.DataFrame({"id": data.train["id"].iloc[va], "pred": val_pred}), fdir / "oof.csv")
+        if len(held):
+            write_csv(pd.DataFrame({"id": data.train["id"].iloc[held], "pred": held_pred}), fdir / "holdout_pred.csv")
+        if data.test is not None:
+            write_csv(pd.DataFrame({"id": data.test["id"], "pred": estimator.predict(data.test["text"].to_numpy())}),
+                      fdir / "test_pred.csv")
+        write_json(result | {"made_from": fingerprint.made_from(run_dir)}, fdir / "result.json")  # last: done
+    log.info(fold_line(fold, result, cfg))
+    return result
+
+
 def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelerator, group: str) -> dict:
     """Train fold ``fold`` and write ``fold_<k>/``: model, OOF and test predictions, then ``result.json``."""
+    if classical.is_classical(cfg.model):
+        return fit_classical(cfg, run_dir, fold, data, group)
     fdir, targets, workers = fold_dir(run_dir, fold), data.targets, cfg.trainer.num_workers
     tr, va = np.flatnonzero((data.folds != fold) & (data.folds != HOLDOUT)), np.flatnonzero(data.folds == fold)
     held = np.flatnonzero(data.folds == HOLDOUT)
@@ -149,6 +189,9 @@ def fold_line(fold: int, result: dict, cfg) -> str:
         f" (stopped early: {cfg.trainer.patience} evaluation{'s' * (cfg.trainer.patience != 1)} without a better "
         f"one; {result['planned_steps']} planned)")
     held_out = f", holdout RMSE {result['holdout_rmse']:.4f}" if "holdout_rmse" in result else ""
+    if not result["steps"]:  # a scikit-learn member: fitted, not trained in steps
+        return (f"fold {fold}: val RMSE {result['rmse']:.4f} (MSE {result['mse']:.4f}{held_out}), fitted in "
+                f"{result['train_time_s']:.1f} s (peak RSS {result['peak_rss_mb']:.0f} MiB)")
     return (f"fold {fold}: val RMSE {result['rmse']:.4f} (MSE {result['mse']:.4f}{held_out}) "
             f"{_chosen(result.get('select', 'best'))} {result['best_step']} of {result['steps']}{stopped}, "
             f"{result['train_time_s']:.0f} s (evaluation "

@@ -18,6 +18,7 @@ from ..data.fingerprint import FREE_KEYS
 from ..data.folds import assign
 from ..data.tables import DataError, load_data
 from ..files import atomic_path, write_csv, write_json
+from ..model.classical import is_classical
 from ..model.regressor import load_tokenizer, tokenize
 from ..model.tasks import check_columns
 from ..rundir import check_ids, expected_folds, fold_dir, read_run_config
@@ -123,7 +124,10 @@ def describe(cfg: DictConfig, run_dir: Path) -> str:
     choices = cfg.get("choices") or _hydra_choices()  # a resumed run's are those of its first start
     n = cfg.cv.n_splits
     folds = f"folds {list(cfg.cv.folds)} of {n}" if cfg.cv.folds is not None else f"{n} folds"
-    return (f"{cfg.name}: {'resuming' if cfg.get('resume') else 'run'} folder {run_dir} | data {cfg.data.path} | "
+    start = f"{cfg.name}: {'resuming' if cfg.get('resume') else 'run'} folder {run_dir} | data {cfg.data.path} | "
+    if is_classical(cfg.model):
+        return start + f"model {choices.get('model', cfg.model.estimator._target_)} (scikit-learn) | {folds}"
+    return (start +
             f"model {choices.get('model', cfg.model.backbone)} (max_length {cfg.model.max_length}, "
             f"{cfg.model.pooling} pooling) | regularizer {choices.get('regularizer', '?')} | "
             f"task {choices.get('task', '?')}{distill.describe(cfg)} | "
@@ -184,7 +188,7 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
         write_csv(table, run_dir / "folds.csv")
         if not (run_dir / fingerprint.NAME).exists():  # the first start's: later starts are compared with it
             write_json(data_print, run_dir / fingerprint.NAME)
-    if not texts:
+    if not texts or is_classical(cfg.model):  # a scikit-learn pipeline reads the texts themselves
         return Prepared(train, test, folds, None, None, None, distiller)
     tokenizer = load_tokenizer(cfg.model)
     enc = tokenize(tokenizer, train["text"], cfg.model.max_length)
