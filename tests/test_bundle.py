@@ -139,3 +139,21 @@ def test_a_classical_members_bundle_reproduces_make_predict(bare_site, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv")["target"],
                                predict.predict_run(tmp_path / "run", test_csv)["target"], atol=1e-9)
+
+
+def test_an_ensembles_bundle_reproduces_its_blended_submission(fp32_run, bare_site, tmp_path):
+    from kfold_nlp.analysis import ensemble
+
+    data = fp32_run.parent / "data"
+    overrides = [o for o in tiny_overrides(data, tmp_path) if not o.startswith("hydra.")]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", [*overrides, "name=tfidf", "model=tfidf_ridge", "trainer.precision=fp32"])
+    run_cv(cfg, tmp_path / "tfidf")
+    ensemble.main([str(fp32_run), str(tmp_path / "tfidf"), "--method", "mean", "--out", str(tmp_path / "blend"),
+                   "--logger", "none"])
+    summary = export.export_ensemble(tmp_path / "blend", tmp_path / "bundle")
+    assert summary["models"] == 6 and len(list((summary["out"] / "members").iterdir())) == 2
+    proc = run_script(bare_site, summary["out"], str(data / "test.csv"), "--out", str(tmp_path / "s.csv"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = pd.read_csv(tmp_path / "blend" / "submission.csv")
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv")["target"], expected["target"], atol=1e-5)

@@ -11,6 +11,7 @@ temporary sibling folder and renamed into place, so a bundle is whole or absent.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ..analysis.runs import ensemble_metrics, is_ensemble
 from ..config.paths import offline_for_local
 from ..errors import DataError, OneLineError, refuse
 from ..files import write_json
@@ -117,15 +119,46 @@ def _export_classical(run_dir: Path, cfg, paths: list[Path], out: Path) -> dict:
     return {"out": out, "models": len(names), "size_mb": size / 2**20, "fp16": False}
 
 
+def export_ensemble(ensemble_dir: Path, out: Path | None = None, fp16: bool = False) -> dict:
+    """One bundle of an ensemble folder (``make ensemble``): each member's bundle under ``members/<i>/`` and the
+    blend's weights (fitted on the OOF rows) in ``settings.json``; the script predicts each member and blends."""
+    ensemble_dir = Path(ensemble_dir)
+    if not is_ensemble(ensemble_dir):
+        raise DataError(f"{ensemble_dir}: not an ensemble folder (no weights.json beside its metrics.json)")
+    members = ensemble_metrics(ensemble_dir)["members"]
+    out = Path(out) if out is not None else ensemble_dir / "bundle"
+    check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        entries, n_models, first = [], 0, None
+        for i, (name, member) in enumerate(members.items()):
+            summary = export_run(Path(member["path"]), tmp / "members" / str(i), fp16)
+            first = first or json.loads((tmp / "members" / str(i) / "settings.json").read_text())
+            entries.append({"name": name, "folder": f"members/{i}", "weight": member["weight"]})
+            n_models += summary["models"]
+        settings = {"kind": "ensemble", "ensemble": str(ensemble_dir.resolve()), "members": entries,
+                    "id_col": first["id_col"], "text_col": first["text_col"], "target_col": first["target_col"],
+                    "bagging": "weighted blend of the members' bags"}
+        _write(tmp, out, settings, LIBRARIES)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"out": out, "models": n_models, "size_mb": size / 2**20, "fp16": fp16}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
-    parser.add_argument("run_dir", type=Path, help="a finished run folder")
+    parser.add_argument("run_dir", type=Path, help="a finished run folder, or an ensemble folder (make ensemble)")
     parser.add_argument("--out", type=Path, help="default: <run folder>/bundle")
     parser.add_argument("--fp16", action="store_true", help="fold models in half precision (half the size)")
     parser.add_argument("--models", choices=MODELS, default="folds", help="the fold models, the refit, or all")
     args = parser.parse_args(argv)
     try:
-        summary = export_run(args.run_dir, args.out, args.fp16, args.models)
+        if is_ensemble(args.run_dir):
+            summary = export_ensemble(args.run_dir, args.out, args.fp16)
+        else:
+            summary = export_run(args.run_dir, args.out, args.fp16, args.models)
     except (OneLineError, OSError) as err:
         refuse(err, f"export again (make export RUN={args.run_dir})", args.run_dir)
     print(f"Bundle: {summary['out']} | {summary['models']} models{' in fp16' if summary['fp16'] else ''}, "

@@ -110,6 +110,16 @@ def predict(bundle: Path, texts: list[str], settings: dict, batch_size: int) -> 
     return preds
 
 
+def bagged_prediction(bundle: Path, texts: list[str], batch_size: int | None, settings: dict | None = None):
+    """A run bundle's bag of its models' predictions (and, when ``settings`` is given, the predictions too)."""
+    import numpy as np
+
+    own = settings or json.loads((bundle / "settings.json").read_text())
+    preds = np.stack(predict(bundle, texts, own, batch_size or own.get("batch_size", 64)))
+    bagged = preds.mean(0) if own["bagging"] == "mean" else np.median(preds, 0)
+    return (bagged, preds) if settings is not None else bagged
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", type=Path, help="a CSV with the run's id and text columns")
@@ -117,7 +127,6 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args(argv)
     try:
-        import numpy as np
         import pandas as pd
 
         manifest = check_files(HERE)
@@ -131,15 +140,20 @@ def main(argv=None) -> None:
         if missing:
             raise Refused(f"{args.input}: no {missing[0]!r} column (the run read ids from {settings['id_col']!r} and "
                           f"texts from {settings['text_col']!r})")
-        preds = np.stack(predict(HERE, table[settings["text_col"]].astype(str).tolist(), settings,
-                                 args.batch_size or settings.get("batch_size", 64)))
-        bagged = preds.mean(0) if settings["bagging"] == "mean" else np.median(preds, 0)
+        texts = table[settings["text_col"]].astype(str).tolist()
+        if settings.get("kind") == "ensemble":  # each member's own bag, then the blend's weights
+            parts = [(m["weight"], bagged_prediction(HERE / m["folder"], texts, args.batch_size))
+                     for m in settings["members"]]
+            bagged, preds = sum(w * p for w, p in parts), parts
+        else:
+            bagged, preds = bagged_prediction(HERE, texts, args.batch_size, settings)
         pd.DataFrame({settings["id_col"]: table[settings["id_col"]], settings["target_col"]: bagged}).to_csv(
             args.out, index=False)
     except Refused as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"Wrote {args.out}: {len(table)} rows, the {settings['bagging']} of {len(preds)} fold models")
+    print(f"Wrote {args.out}: {len(table)} rows, the {settings['bagging']} of {len(preds)} "
+          f"{'members' if settings.get('kind') == 'ensemble' else 'fold models'}")
 
 
 if __name__ == "__main__":
