@@ -79,7 +79,7 @@ def main(cfg: DictConfig) -> float:
     fold_job = cfg.get("output") is not None  # one of a launcher's parallel fold jobs: writes into its run folder
     run_dir = Path(cfg.output) if fold_job else Path(hc.runtime.output_dir)
     job = {"num": hc.job.num, "sweep_id": Path(hc.sweep.dir).name} if multirun and not fold_job else {}
-    offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
+    offline_for_local(cfg.model.get("backbone"), cfg.model.get("tokenizer"))
     from .cv.launch import pick_gpu
 
     if fold_job:
@@ -98,7 +98,7 @@ def main(cfg: DictConfig) -> float:
             _remove_stub(run_dir)
         if cfg.get("resume") is not None:  # the run's own config: RESUME=<folder> is enough
             cfg = adopt_run_config(cfg, list(hc.overrides.task))
-            offline_for_local(cfg.model.backbone, cfg.model.get("tokenizer"))
+            offline_for_local(cfg.model.get("backbone"), cfg.model.get("tokenizer"))
         note = resolve_run_precision(cfg)
         validate(cfg)
         make(cfg.logger).check()  # e.g. W&B online without an API key: refused before the run folder fills
