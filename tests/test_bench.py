@@ -40,7 +40,7 @@ def test_bench_on_a_fresh_machine_reports_each_ratio_against_its_target(tmp_path
     out = tmp_path / "bench.json"
     bench.main(["--model", "tiny", "--steps", "1", "--warmup", "1", "--batch-size", "2", "--max-length", "16",
                 "--out", str(out)])
-    assert (tmp_path / "data" / "synthetic" / "train.csv").is_file()
+    assert (tmp_path / "data" / "synthetic" / "400-16-42" / "train.csv").is_file()
     report = json.loads(out.read_text())
     assert report["args"]["data"] == "synthetic"
     results = {r["regularizer"]: r for r in report["results"]}

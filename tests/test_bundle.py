@@ -129,7 +129,7 @@ def test_the_manifest_records_the_versions_and_a_checksum_of_every_file(fp32_run
 def test_a_classical_members_bundle_reproduces_make_predict(bare_site, tmp_path):
     overrides = [o for o in tiny_overrides(tmp_path / "data", tmp_path) if not o.startswith("hydra.")]
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", [*overrides, "name=test", "model=tfidf_ridge"])
+        cfg = compose("config", [*overrides, "name=test", "model=tfidf_ridge", "trainer.precision=fp32"])
     run_cv(cfg, tmp_path / "run")
     test_csv = tmp_path / "data" / "test.csv"
     bundle = export.export_run(tmp_path / "run", tmp_path / "bundle")["out"]
