@@ -80,7 +80,7 @@ def test_threads_follow_the_usable_cores_and_the_launchers_share(monkeypatch):
 
 def _run_patched(cpu_bf16: bool, *overrides: str) -> subprocess.CompletedProcess:
     """The real entry point, in a fresh process whose CPU answers ``cpu_bf16`` to the native-bf16 question."""
-    code = (f"import sys, kfold_nlp.hardware as h; h.cpu_has_native_bf16 = lambda: {cpu_bf16!r}; "
+    code = (f"import sys, kfold_nlp.train.runtime as h; h.cpu_has_native_bf16 = lambda: {cpu_bf16!r}; "
             "from kfold_nlp.__main__ import main; sys.argv = ['kfold_nlp', *sys.argv[1:]]; main()")
     return subprocess.run([sys.executable, "-c", code, *overrides], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)

@@ -27,7 +27,7 @@ def test_a_non_editable_install_finds_conf_and_notebook(tmp_path):
     shutil.rmtree(src)  # nothing may be read from the source tree any more
     env = os.environ | {"PYTHONPATH": str(target)}
     where = subprocess.run([sys.executable, "-c",
-                            "import kfold_nlp.paths as p; print(p.CONFIG_DIR); print(p.NOTEBOOK)"],
+                            "import kfold_nlp.config.paths as p; print(p.CONFIG_DIR); print(p.NOTEBOOK)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert all(path.startswith(str(target)) for path in where), where
     assert (target / "kfold_nlp" / "conf" / "experiment" / "rdrop.yaml").is_file()
@@ -35,4 +35,4 @@ def test_a_non_editable_install_finds_conf_and_notebook(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "kfold_nlp", "experiment=rdrop", "--cfg", "job"], cwd=tmp_path,
                            env=env, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
-    assert "kfold_nlp.regularizers.rdrop.RDrop" in shown.stdout
+    assert "kfold_nlp.model.regularizers.rdrop.RDrop" in shown.stdout

@@ -205,7 +205,7 @@ def test_a_negative_or_infinite_standard_error_is_refused_naming_file_row_and_co
 def test_a_zero_standard_error_is_accepted(tiny_train):
     from kfold_nlp.model.tasks import check_columns
 
-    cfg = OmegaConf.create({"task": {"_target_": "kfold_nlp.tasks.GaussianNLL"}, "data": {"path": "train.csv"}})
+    cfg = OmegaConf.create({"task": {"_target_": "kfold_nlp.model.tasks.GaussianNLL"}, "data": {"path": "train.csv"}})
     check_columns(cfg, tiny_train.assign(standard_error=tiny_train["standard_error"].mask(tiny_train.index == 0, 0)))
 
 
