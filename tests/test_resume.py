@@ -331,7 +331,7 @@ def test_resume_from_the_folder_alone_continues_the_run_with_its_own_config(tiny
     assert {p: p.read_bytes() for p in before} == before  # the finished run is untouched
 
 
-HOLD = ("import sys; from pathlib import Path; from kfold_nlp import lock; lock.hold(Path(sys.argv[1])); "
+HOLD = ("import sys; from pathlib import Path; from kfold_nlp.cv import lock; lock.hold(Path(sys.argv[1])); "
         "print('held', flush=True); sys.stdin.read()")  # another process holding a folder's lock until killed
 
 

@@ -224,7 +224,8 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocating_a_big_tensor():
     import subprocess
     import sys
 
-    script = ("import resource, torch\nfrom kfold_nlp.trainer import keep_freed_memory\nprint(keep_freed_memory())\n"
+    script = ("import resource, torch\nfrom kfold_nlp.train.runtime import keep_freed_memory\n"
+              "print(keep_freed_memory())\n"
               "torch.ones(2**24)\ntorch.ones(2**24)\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
               "for _ in range(8): torch.ones(2**24)\n"
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
