@@ -3,6 +3,7 @@ line naming the file and the fix, exit 2, the run's results as they were; the co
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from fake_runs import rows, write_run
 from kfold_nlp import predict
 from kfold_nlp.analysis import ensemble
 from kfold_nlp.cv import collect
+from kfold_nlp.data.fingerprint import config_digest
 
 RESULTS = ("oof.csv", "submission.csv", "metrics.json")
 
@@ -184,6 +186,11 @@ def test_a_run_folder_from_before_the_sub_package_layout_is_collected_and_predic
                                                               "holdout"))
         assert "kfold_nlp.tasks." in text and "select:" not in text
         path.write_text(text)
+    for k in range(3):  # its folds recorded the digest of the run_config.yaml they were trained under: this one
+        result = run_dir / f"fold_{k}" / "result.json"
+        record = json.loads(result.read_text())
+        record["made_from"]["config"] = config_digest(run_dir / "run_config.yaml")
+        result.write_text(json.dumps(record) + "\n")
     (run_dir / "predictions" / "test.csv").unlink()
     collect.main([str(run_dir)])
     assert results(run_dir)["oof.csv"] == before["oof.csv"]
