@@ -78,7 +78,9 @@ def main(cfg: DictConfig) -> float:
         signal.signal(signal.SIGTERM, _terminate)
     fold_job = cfg.get("output") is not None  # one of a launcher's parallel fold jobs: writes into its run folder
     run_dir = Path(cfg.output) if fold_job else Path(hc.runtime.output_dir)
-    job = {"num": hc.job.num, "sweep_id": Path(hc.sweep.dir).name} if multirun and not fold_job else {}
+    # the job's folder name: its number in a sweep, its trial's in a search (one job a process there)
+    job = {"num": Path(hc.runtime.output_dir).name, "sweep_id": Path(hc.sweep.dir).name} \
+        if multirun and not fold_job else {}
     offline_for_local(cfg.model.get("backbone"), cfg.model.get("tokenizer"))
     from .cv.launch import pick_gpu
 

@@ -20,6 +20,7 @@ COMMANDS = {
     "collect": ("kfold_nlp.cv.collect", "rebuild a run's oof.csv, submission.csv, metrics.json: kfold-nlp collect RUN"),
     "compare": ("kfold_nlp.analysis.summary", "the compare table of a folder of runs: kfold-nlp compare FOLDER"),
     "sweep": ("kfold_nlp.analysis.summary", "the sweep table of a multirun folder: kfold-nlp sweep FOLDER"),
+    "hpo": ("kfold_nlp.search.run", "an Optuna search of the CV RMSE, resumable and pruned: kfold-nlp hpo rdrop ..."),
     "ensemble": ("kfold_nlp.analysis.ensemble", "blend runs on the same folds: kfold-nlp ensemble RUN RUN ..."),
     "report": ("kfold_nlp.analysis.report", "the OOF analysis notebook as HTML: kfold-nlp report RUN ..."),
 }

@@ -103,6 +103,13 @@ def percentile_interval(diff: float, samples: np.ndarray, level: float = LEVEL) 
     return Interval(float(diff), float(lo), float(hi))
 
 
+def rmse_interval(target, pred, folds, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED) -> Interval:
+    """The RMSE of ``pred`` with its bootstrap interval over rows drawn within each fold: how much the CV score
+    would move on another sample of texts like these (``diff`` holds the RMSE itself)."""
+    samples = resampled_rmse(target, pred, resample_counts(folds, n_boot, seed))[:, 0]
+    return percentile_interval(rmse(target, pred), samples, level)
+
+
 def paired_bootstrap(target, base, other, folds, *, n_boot: int = N_BOOT, level: float = LEVEL,
                      seed: int = SEED) -> Interval:
     """``rmse(other) - rmse(base)`` on the same OOF rows, with its paired bootstrap interval (stratified by fold).

@@ -77,7 +77,8 @@ def run_name(hydra_dir: Path, cfg) -> str | None:
 def collect(root) -> pd.DataFrame:
     """One row per run folder below ``root`` (a sweep folder or any folder of runs); failed runs have NaN scores.
 
-    ``status``: ok (metrics.json), failed (the sweep callback recorded an exception, see ``error``) or unfinished.
+    ``status``: ok (metrics.json), failed (the sweep callback recorded an exception, see ``error``), pruned (a search
+    stopped it after a fold: ``pruned.json``, no CV) or unfinished.
     ``config``: the overrides without ``seed``, so runs that differ only in their seed share it. ``path``: the folder.
     """
     rows = []
@@ -103,7 +104,7 @@ def collect(root) -> pd.DataFrame:
         if (run / "job_status.json").exists():  # written by the sweep callback: whole-job time, failure
             job = json.loads((run / "job_status.json").read_text())
             row |= {"error": job.get("error"), "wall_time_s": job.get("wall_time_s")}
-            row["status"] = "failed" if job["status"] == "failed" else row["status"]
+            row["status"] = job["status"] if job["status"] in ("failed", "pruned") else row["status"]
         rows.append(row)
     return pd.DataFrame(rows)
 

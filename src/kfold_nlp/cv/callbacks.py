@@ -22,7 +22,7 @@ from ..files import write_json
 log = logging.getLogger(__name__)
 
 
-def _locked_write(sweep_dir: Path, run_dir: Path | None = None) -> str | None:
+def write_summary(sweep_dir: Path, run_dir: Path | None = None) -> str | None:
     """The summary's ``best trial:`` line (``run_dir``: the fold jobs' table of that run instead). Never raises: a
     summary problem must not fail the job that triggered it (the next job rewrites it)."""
     from ..analysis.summary import best_trial, write_fold_jobs, write_sweep  # pandas once a job has run
@@ -55,16 +55,16 @@ class SweepSummary(Callback):
                     "wall_time_s": round(time.perf_counter() - getattr(self, "_started", time.perf_counter()), 1)},
                    out / "job_status.json")
         if config.get("output") is not None:  # a fold job of a launcher: the table of the run's fold jobs
-            _locked_write(out.parent, run_dir=Path(config.output))
+            write_summary(out.parent, run_dir=Path(config.output))
             return
         # output_dir = <sweep dir>/<subdir>, absolute even in a worker with another working directory.
-        _locked_write(out.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])
+        write_summary(out.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])
 
     def on_multirun_end(self, config, **kwargs) -> None:
         if config.get("output") is not None:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        best = _locked_write(sweep_dir)
+        best = write_summary(sweep_dir)
         log.info("Sweep folder: %s | summary: %s", sweep_dir, sweep_dir / "sweep.md")
         if best:
             log.info("%s", best)  # last, so `make hpo` ends naming the folder that holds the best trial

@@ -54,20 +54,25 @@ def readability_features(texts) -> np.ndarray:
 
 
 def tfidf_ridge(word_ngrams=(1, 2), char_ngrams=(2, 5), min_df: int = 2, alphas=(0.1, 1.0, 10.0, 100.0)):
-    """Word and character n-gram TF-IDF (sublinear) into ``RidgeCV`` (its alpha by leave-one-out on the fold)."""
+    """Word and character n-gram TF-IDF (sublinear) into ``RidgeCV`` (its alpha by leave-one-out on the fold;
+    ``alphas`` one number: that ridge strength, as a search samples it)."""
     features = FeatureUnion([
         ("words", TfidfVectorizer(ngram_range=tuple(word_ngrams), min_df=min_df, sublinear_tf=True)),
         ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(char_ngrams), min_df=min_df,
                                   sublinear_tf=True)),
     ])
-    return make_pipeline(features, RidgeCV(alphas=list(alphas)))
+    return make_pipeline(features, RidgeCV(alphas=_alphas(alphas)))
+
+
+def _alphas(alphas) -> list[float]:
+    return [float(a) for a in np.atleast_1d(alphas)]
 
 
 def readability(regressor: str = "ridge", alphas=(0.1, 1.0, 10.0, 100.0)):
     """The readability features into a ridge (standardised) or a gradient-boosted regressor."""
     features = FunctionTransformer(readability_features)
     if regressor == "ridge":
-        return make_pipeline(features, StandardScaler(), RidgeCV(alphas=list(alphas)))
+        return make_pipeline(features, StandardScaler(), RidgeCV(alphas=_alphas(alphas)))
     if regressor == "gbm":
         return make_pipeline(features, HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=0))
     raise ValueError(f"model.estimator.regressor must be ridge or gbm, got {regressor!r}")

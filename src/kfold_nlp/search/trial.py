@@ -1,0 +1,180 @@
+"""One trial: the project's own CV run in a process of its own, watched fold by fold so that its running CV reaches
+the pruner, and ended early, marked pruned, when the pruner says so."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from ..analysis.stats import rmse
+from ..cv import orphans
+from ..cv.callbacks import write_summary
+from ..files import read_json, write_json
+from ..rundir import fold_dir
+from ..train.runtime import THREADS_ENV, usable_cores
+from .spec import Param, override
+
+log = logging.getLogger("kfold_nlp.search")
+
+POLL_S = 0.5  # how often a trial's folder is looked at for a finished fold
+
+MAX_FAILED_IN_A_ROW = 3  # then the search stops: the config, not the sampled values, is the likelier cause
+
+PRUNED = "pruned.json"  # in a pruned trial's run folder: after which fold, at what running CV; no metrics.json
+
+
+class TrialFailed(Exception):
+    """The trial's run ended with an error (a diverged fold, say): the study records it failed and goes on."""
+
+
+class BadInput(Exception):
+    """The trial's run refused its data or config: every other trial would too, so the search stops."""
+
+
+class Interrupted(Exception):
+    """The search was asked to stop while this trial ran: it is queued again, to continue in its folder."""
+
+
+@dataclass
+class Trials:
+    """Runs trials of one search: the trial command is ``python -m kfold_nlp -m <overrides> <sampled values>``,
+    one Hydra multirun job into ``<folder>/<trial>``, so a trial folder is a run folder like any other."""
+
+    folder: Path
+    overrides: list[str]  # the preset's and the command line's, the same for every trial
+    params: list[Param]
+    folds: list[int]  # the folds a trial trains, in order
+    n_trials: int
+    n_jobs: int = 1
+    stopping: threading.Event = field(default_factory=threading.Event)
+    failed_in_a_row: int = 0
+    _children: set = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.stopping.is_set():  # asked between two trials: this one never starts
+            trial.study.stop()
+            raise Interrupted("stopped before it started")
+        values = {p.key: p.suggest(trial) for p in self.params}
+        run_dir = self._run_dir(trial)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("host", socket.gethostname())
+        tag = f"trial {trial.number} ({self.progress(trial.study)})"
+        log.info("%s: %s -> %s", tag, " ".join(override(k, v) for k, v in values.items()), run_dir)
+        proc = self._start(run_dir, [override(k, v) for k, v in values.items()])
+        began, done = time.perf_counter(), {}
+        try:
+            while True:
+                finished = proc.poll() is not None
+                for fold in self.folds[len(done):]:  # folds finish in order; a retried trial starts with its kept
+                    if not (fold_dir(run_dir, fold) / "result.json").exists():
+                        break
+                    done[fold] = self._fold_oof(run_dir, fold)
+                    value = rmse(*map(np.concatenate, zip(*done.values())))
+                    trial.report(value, step=len(done))
+                    log.info("%s: fold %d done (%d of %d), running CV RMSE %.4f", tag, fold, len(done),
+                             len(self.folds), value)
+                    if len(done) < len(self.folds) and not finished and trial.should_prune():
+                        self._end(proc)
+                        self._mark_pruned(trial, run_dir, len(done), value, time.perf_counter() - began)
+                        log.info("%s: pruned after %d of %d folds (running CV RMSE %.4f)", tag, len(done),
+                                 len(self.folds), value)
+                        raise optuna.TrialPruned(f"pruned after {len(done)} folds")
+                if finished:
+                    break
+                time.sleep(POLL_S)
+        finally:
+            with self._lock:
+                self._children.discard(proc)
+        return self._result(trial, proc.returncode, run_dir, tag, time.perf_counter() - began)
+
+    def progress(self, study: optuna.Study) -> str:
+        from .study import count
+
+        return f"{count(study)} of {self.n_trials} finished"
+
+    def _run_dir(self, trial: optuna.Trial) -> Path:
+        """A new trial's folder is its number; a retried one continues in its original's folder (on this host)."""
+        first = trial.user_attrs.get("retry_of")
+        if first is not None:
+            original = trial.study.get_trials(deepcopy=False)[first].user_attrs
+            if original.get("host") == socket.gethostname() and Path(original.get("run_dir", "")).is_dir():
+                return Path(original["run_dir"])
+        return self.folder / str(trial.number)
+
+    def _start(self, run_dir: Path, values: list[str]) -> subprocess.Popen:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "kfold_nlp", "-m", *self.overrides, *values,
+               f"hydra.sweep.dir={run_dir.parent}", f"hydra.sweep.subdir={run_dir.name}"]
+        env = os.environ | orphans.child_env() | {THREADS_ENV: str(max(1, usable_cores() // self.n_jobs))}
+        with open(run_dir / "trial.log", "ab") as out:  # the trial's console: progress bars, warnings, its error
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        with self._lock:
+            self._children.add(proc)
+        return proc
+
+    def stop(self) -> None:
+        """Ctrl-C or SIGTERM on the search: every running trial ends as after ``kill`` (its finished folds kept)."""
+        self.stopping.set()
+        with self._lock:
+            for proc in self._children:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+
+    @staticmethod
+    def _end(proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=orphans.GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _fold_oof(self, run_dir: Path, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        oof = pd.read_csv(fold_dir(run_dir, fold) / "oof.csv", dtype={"id": str})
+        folds = pd.read_csv(run_dir / "folds.csv", dtype={"id": str}).set_index("id")
+        return folds.loc[oof["id"], "target"].to_numpy(float), oof["pred"].to_numpy(float)
+
+    def _mark_pruned(self, trial: optuna.Trial, run_dir: Path, n_done: int, value: float, wall: float) -> None:
+        write_json({"trial": trial.number, "folds_done": n_done, "of": len(self.folds),
+                    "running_cv_rmse": value, "pruner": type(trial.study.pruner).__name__}, run_dir / PRUNED)
+        write_json({"status": "pruned", "error": None, "wall_time_s": round(wall, 1)}, run_dir / "job_status.json")
+        write_summary(self.folder)
+
+    def _result(self, trial: optuna.Trial, code: int, run_dir: Path, tag: str, wall: float) -> float:
+        if code == 0 and (run_dir / "metrics.json").exists():
+            cv = read_json(run_dir / "metrics.json")["cv"]
+            self.failed_in_a_row = 0
+            log.info("%s: CV RMSE %.4f in %.0f s -> %s", tag, cv["rmse"], wall, run_dir)
+            return cv["rmse"]
+        if self.stopping.is_set():
+            trial.study.stop()
+            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            raise Interrupted(f"stopped after {wall:.0f} s; queued again, to continue in {run_dir}")
+        status = run_dir / "job_status.json"
+        error = read_json(status).get("error") if status.exists() else None
+        error = error or _last_line(run_dir / "trial.log") or f"exit status {code}"
+        if error.startswith(("DataError", "ConfigError", "error:")):
+            raise BadInput(f"trial {trial.number} ({run_dir}): {error}")
+        log.warning("%s: failed: %s (its console: %s)", tag, error, run_dir / "trial.log")
+        self.failed_in_a_row += 1
+        if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+            raise BadInput(f"{self.failed_in_a_row} trials failed in a row, the last ({run_dir}): {error}")
+        raise TrialFailed(error)
+
+
+def _last_line(path: Path) -> str | None:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
+    return lines[-1].strip() if lines else None
