@@ -92,6 +92,7 @@ def main(cfg: DictConfig) -> float:
     from .cv.collect import result_line
     from .cv.prepare import adopt_run_config
     from .cv.run import run
+    from .search.report import Pruned, from_env
     from .track.base import make
     from .train.loop import Diverged
 
@@ -109,7 +110,10 @@ def main(cfg: DictConfig) -> float:
         if cfg.get("launcher") and not multirun:
             metrics = launch.run(cfg, run_dir, list(hc.overrides.task))
         else:
-            metrics = run(cfg, run_dir, job)
+            metrics = run(cfg, run_dir, job, after_fold=from_env())
+    except Pruned as err:  # a search's trial: its folder keeps the finished folds and pruned.json, no CV
+        log.info("%s", err)
+        sys.exit(Exit.PRUNED)
     except (DataError, ConfigError) as err:
         if multirun:
             raise

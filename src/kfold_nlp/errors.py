@@ -15,6 +15,7 @@ class Exit(IntEnum):
 
     DIVERGED = 1  # a fold's loss or validation MSE went non-finite
     BAD_INPUT = 2  # DataError, ConfigError: fix the data or the command line
+    PRUNED = 3  # a search's trial stopped after a fold by its pruner (kfold_nlp.search)
     ENVIRONMENT = 75  # the machine, not the input (sysexits' EX_TEMPFAIL): fix it and run the same command again
     INTERRUPTED = 130  # Ctrl-C
     TERMINATED = 143  # SIGTERM

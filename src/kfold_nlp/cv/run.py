@@ -19,11 +19,12 @@ from .prepare import describe, prepare
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
+def run(cfg: DictConfig, run_dir: Path, job: dict | None = None, after_fold=None) -> dict:
     """Run (or resume) a CV experiment into ``run_dir``: prepare, fit every fold not finished yet, collect.
 
     Returns the metrics dict; empty off the main process, and in a fold job (``collect=false``), whose launcher
-    collects once every fold is done.
+    collects once every fold is done. ``after_fold(run_dir, done, folds)``: called on the main process after each
+    fold, kept or trained (a search's trial reports its running CV there, and may be pruned).
     """
     started = time.perf_counter()
     accelerator = make_accelerator(cfg.trainer)
@@ -33,13 +34,15 @@ def run(cfg: DictConfig, run_dir: Path, job: dict | None = None) -> dict:
     with lock.writing(cfg, run_dir, when=main):  # only rank 0 writes
         data = prepare(cfg, run_dir, main)
         log.info(describe(cfg, run_dir))  # once the folder is accepted: a refused start names no folder
-        group = group_name(cfg, job or {})
-        for fold in expected_folds(cfg):
+        group, folds = group_name(cfg, job or {}), expected_folds(cfg)
+        for i, fold in enumerate(folds):
             if (fold_dir(run_dir, fold) / "result.json").exists():  # finished before an interruption: keep it
                 log.info("fold %d: kept from the earlier start", fold)
-                continue
-            with lock.writing_fold(fold_dir(run_dir, fold), when=main):
-                fit_fold(cfg, run_dir, fold, data, accelerator, group)
+            else:
+                with lock.writing_fold(fold_dir(run_dir, fold), when=main):
+                    fit_fold(cfg, run_dir, fold, data, accelerator, group)
+            if after_fold is not None and main:
+                after_fold(run_dir, folds[:i + 1], folds)
         accelerator.wait_for_everyone()
         if not main or not cfg.get("collect", True):
             return {}

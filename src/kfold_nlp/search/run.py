@@ -102,7 +102,7 @@ def search(argv: list[str]) -> int:
     study = open_study(search_spec, folder, {"overrides": sorted(overrides), "params": dict(search_spec.params)})
     url = storage_url(search_spec, folder)
     folds = expected_folds(cfg)
-    trials = Trials(folder, overrides, params, folds, search_spec.n_trials, search_spec.n_jobs)
+    trials = Trials(folder, overrides, params, folds, search_spec.n_trials, url, search_spec.pruner, search_spec.n_jobs)
     log.info("search %s: %d trials of %d folds each (%s), pruner %s, %d at once; storage %s; folder %s",
              search_spec.study, search_spec.n_trials, len(folds), " ".join(f"{p.key} {p.describe()}" for p in params),
              search_spec.pruner.name, search_spec.n_jobs, url, folder)

@@ -12,7 +12,7 @@ from optuna.pruners import MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError
-from .spec import Search
+from .spec import Pruner, Search
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,7 @@ def storage_url(search: Search, folder: Path) -> str:
     return search.storage or f"sqlite:///{(folder / DB).resolve()}"
 
 
-def make_pruner(search: Search) -> optuna.pruners.BasePruner:
-    p = search.pruner
+def make_pruner(p: Pruner) -> optuna.pruners.BasePruner:
     if p.name == "median":
         return MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_folds)
     if p.name == "halving":  # rungs at 1, r, r^2 ... folds
@@ -56,7 +55,7 @@ def open_study(search: Search, folder: Path, identity: dict) -> optuna.Study:
         raise ConfigError(f"hpo.storage={url}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     sampler = optuna.samplers.TPESampler(seed=search.sampler.seed, n_startup_trials=search.sampler.n_startup_trials)
     study = optuna.create_study(storage=storage, study_name=search.study, direction="minimize", sampler=sampler,
-                                pruner=make_pruner(search), load_if_exists=True)
+                                pruner=make_pruner(search.pruner), load_if_exists=True)
     saved = study.user_attrs.get("identity")
     if saved is None:
         study.set_user_attr("identity", identity)

@@ -1,5 +1,5 @@
-"""One trial: the project's own CV run in a process of its own, watched fold by fold so that its running CV reaches
-the pruner, and ended early, marked pruned, when the pruner says so."""
+"""One trial: the project's own CV run in a process of its own (which reports each fold to the study and stops when
+pruned), its progress shown fold by fold, its end told to the study: complete, pruned, failed or stopped."""
 
 from __future__ import annotations
 
@@ -11,28 +11,25 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import optuna
-import pandas as pd
 
-from ..analysis.stats import rmse
 from ..cv import orphans
 from ..cv.callbacks import write_summary
+from ..errors import Exit
 from ..files import read_json, write_json
 from ..rundir import fold_dir
 from ..train.runtime import THREADS_ENV, usable_cores
-from .spec import Param, override
+from .report import PRUNED, running_cv, trial_env
+from .spec import Param, Pruner, override
 
 log = logging.getLogger("kfold_nlp.search")
 
 POLL_S = 0.5  # how often a trial's folder is looked at for a finished fold
 
 MAX_FAILED_IN_A_ROW = 3  # then the search stops: the config, not the sampled values, is the likelier cause
-
-PRUNED = "pruned.json"  # in a pruned trial's run folder: after which fold, at what running CV; no metrics.json
 
 
 class TrialFailed(Exception):
@@ -57,6 +54,8 @@ class Trials:
     params: list[Param]
     folds: list[int]  # the folds a trial trains, in order
     n_trials: int
+    storage: str
+    pruner: Pruner
     n_jobs: int = 1
     stopping: threading.Event = field(default_factory=threading.Event)
     failed_in_a_row: int = 0
@@ -73,26 +72,18 @@ class Trials:
         trial.set_user_attr("host", socket.gethostname())
         tag = f"trial {trial.number} ({self.progress(trial.study)})"
         log.info("%s: %s -> %s", tag, " ".join(override(k, v) for k, v in values.items()), run_dir)
-        proc = self._start(run_dir, [override(k, v) for k, v in values.items()])
-        began, done = time.perf_counter(), {}
+        # the run reports each fold to the study itself (kfold_nlp.search.report): no fold starts after a prune
+        proc = self._start(run_dir, [override(k, v) for k, v in values.items()],
+                           trial_env(self.storage, trial.study.study_name, trial._trial_id, asdict(self.pruner)))
+        began, shown = time.perf_counter(), 0
         try:
-            while True:
-                finished = proc.poll() is not None
-                for fold in self.folds[len(done):]:  # folds finish in order; a retried trial starts with its kept
-                    if not (fold_dir(run_dir, fold) / "result.json").exists():
-                        break
-                    done[fold] = self._fold_oof(run_dir, fold)
-                    value = rmse(*map(np.concatenate, zip(*done.values())))
-                    trial.report(value, step=len(done))
-                    log.info("%s: fold %d done (%d of %d), running CV RMSE %.4f", tag, fold, len(done),
-                             len(self.folds), value)
-                    if len(done) < len(self.folds) and not finished and trial.should_prune():
-                        self._end(proc)
-                        self._mark_pruned(trial, run_dir, len(done), value, time.perf_counter() - began)
-                        log.info("%s: pruned after %d of %d folds (running CV RMSE %.4f)", tag, len(done),
-                                 len(self.folds), value)
-                        raise optuna.TrialPruned(f"pruned after {len(done)} folds")
-                if finished:
+            while proc.poll() is None or shown < len(self.folds):
+                done = [k for k in self.folds if (fold_dir(run_dir, k) / "result.json").exists()]
+                for n in range(shown + 1, len(done) + 1):  # folds finish in order; a retry starts with its kept
+                    log.info("%s: fold %d done (%d of %d), running CV RMSE %.4f", tag, done[n - 1], n,
+                             len(self.folds), running_cv(run_dir, done[:n]))
+                shown = len(done)
+                if proc.poll() is not None:
                     break
                 time.sleep(POLL_S)
         finally:
@@ -114,11 +105,11 @@ class Trials:
                 return Path(original["run_dir"])
         return self.folder / str(trial.number)
 
-    def _start(self, run_dir: Path, values: list[str]) -> subprocess.Popen:
+    def _start(self, run_dir: Path, values: list[str], env: dict[str, str]) -> subprocess.Popen:
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "kfold_nlp", "-m", *self.overrides, *values,
                f"hydra.sweep.dir={run_dir.parent}", f"hydra.sweep.subdir={run_dir.name}"]
-        env = os.environ | orphans.child_env() | {THREADS_ENV: str(max(1, usable_cores() // self.n_jobs))}
+        env = os.environ | orphans.child_env() | {THREADS_ENV: str(max(1, usable_cores() // self.n_jobs))} | env
         with open(run_dir / "trial.log", "ab") as out:  # the trial's console: progress bars, warnings, its error
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         with self._lock:
@@ -133,27 +124,12 @@ class Trials:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
 
-    @staticmethod
-    def _end(proc: subprocess.Popen) -> None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=orphans.GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def _fold_oof(self, run_dir: Path, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        oof = pd.read_csv(fold_dir(run_dir, fold) / "oof.csv", dtype={"id": str})
-        folds = pd.read_csv(run_dir / "folds.csv", dtype={"id": str}).set_index("id")
-        return folds.loc[oof["id"], "target"].to_numpy(float), oof["pred"].to_numpy(float)
-
-    def _mark_pruned(self, trial: optuna.Trial, run_dir: Path, n_done: int, value: float, wall: float) -> None:
-        write_json({"trial": trial.number, "folds_done": n_done, "of": len(self.folds),
-                    "running_cv_rmse": value, "pruner": type(trial.study.pruner).__name__}, run_dir / PRUNED)
-        write_json({"status": "pruned", "error": None, "wall_time_s": round(wall, 1)}, run_dir / "job_status.json")
-        write_summary(self.folder)
-
     def _result(self, trial: optuna.Trial, code: int, run_dir: Path, tag: str, wall: float) -> float:
+        if code == Exit.PRUNED and (run_dir / PRUNED).exists():
+            write_json({"status": "pruned", "error": None, "wall_time_s": round(wall, 1)}, run_dir / "job_status.json")
+            write_summary(self.folder)
+            log.info("%s: %s", tag, _last_line(run_dir / "trial.log"))
+            raise optuna.TrialPruned()
         if code == 0 and (run_dir / "metrics.json").exists():
             cv = read_json(run_dir / "metrics.json")["cv"]
             self.failed_in_a_row = 0
