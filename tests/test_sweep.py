@@ -1,5 +1,6 @@
 """Hydra multirun sweeps through the real CLI: a complete run folder per job, the sweep summary, W&B runs per job,
-a failing job, the joblib / submitit launchers, the Optuna sweeper; and the summary tables on hand-made run folders."""
+a failing job, the joblib / submitit launchers; and the summary tables on hand-made run folders (the Optuna search:
+test_search.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from omegaconf import OmegaConf
 
 from conftest import ROOT, read_metrics, run_cli, tiny_overrides, wandb_runs
 from kfold_nlp.analysis.summary import collect, seed_table, sweep_table, write_compare, write_sweep
@@ -23,7 +23,7 @@ def sweep(base: Path, *args: str, logger: str = "none", check: bool = True):
     """A tiny multirun (2 folds) into ``base/sweep``; returns (sweep folder, process)."""
     over = [o if not o.startswith("cv.n_splits") else "cv.n_splits=2"
             for o in tiny_overrides(base / "data", base / "unused", logger=logger)]
-    if any(a.startswith(("regularizer=", "+hpo=")) for a in args):  # the sweep's (or preset's) own regularizer
+    if any(a.startswith("regularizer=") for a in args):  # the sweep's own regularizer
         over = [o for o in over if not o.startswith("regularizer=")]
     proc = run_cli("-m", *over, f"hydra.sweep.dir={base / 'sweep'}", *args, check=check)
     return base / "sweep", proc
@@ -145,34 +145,6 @@ def test_slurm_preset_composes_for_a_gpu_cluster():
     assert cfg.hydra.callbacks.sweep_summary._target_ == "kfold_nlp.cv.callbacks.SweepSummary"
 
 
-@pytest.mark.parametrize("preset", ["rdrop", "msd", "baseline"])
-def test_hpo_presets_search_keys_that_exist_for_their_regularizer(preset):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"+hpo={preset}"], return_hydra_config=True)
-    sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
-    assert sweeper.sampler._target_.endswith("TPESampler") and sweeper.sampler.seed is not None
-    classes = {"rdrop": ".RDrop", "msd": ".MultiSampleDropout", "baseline": ".Regularizer"}
-    assert cfg.regularizer._target_.endswith(classes[preset])
-    assert "optimizer.lr" in sweeper.params
-    for key in sweeper.params:  # the regularizer choice decides which keys exist
-        assert OmegaConf.select(cfg, key) is not None, key
-
-
-@pytest.mark.slow
-def test_optuna_sweep_records_the_best_trial(tmp_path):
-    sweep_dir, _ = sweep(tmp_path, "+hpo=rdrop", "hydra.sweeper.n_trials=3")
-    rows = assert_complete_sweep(sweep_dir, 3)
-    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    scores = {j: read_metrics(sweep_dir / str(j))["cv"]["rmse"] for j in range(3)}
-    assert best["best_value"] == pytest.approx(min(scores.values()))  # main returned each job's CV RMSE
-    assert set(best["best_params"]) == {"optimizer.lr", "model.head_dropout", "regularizer.alpha"}
-    assert rows.iloc[0]["cv_rmse"] == pytest.approx(best["best_value"])
-    assert all(f"{k}={v}" in rows.iloc[0]["swept"] for k, v in best["best_params"].items())
-
-
 # ---- summary tables on hand-made run folders (no training) ----
 
 def fake_run(folder: Path, overrides: list[str], rmse: float | None, name: str = "baseline", status: str | None = None):
@@ -235,10 +207,12 @@ def test_sweep_summary_and_the_end_of_a_sweep_name_the_folder_of_the_best_trial(
     from kfold_nlp.cv.callbacks import SweepSummary
 
     for job, (lr, rmse) in enumerate([("1e-5", 0.6), ("3e-5", 0.5), ("5e-5", 0.7)]):
-        fake_run(tmp_path / str(job), ["+hpo=rdrop", f"optimizer.lr={lr}"], rmse, status="ok")
-    fake_run(tmp_path / "3", ["+hpo=rdrop", "optimizer.lr=9e-5"], None, status="failed")
+        fake_run(tmp_path / str(job), ["regularizer=rdrop", f"optimizer.lr={lr}"], rmse, status="ok")
+    fake_run(tmp_path / "3", ["regularizer=rdrop", "optimizer.lr=9e-5"], None, status="failed")
+    fake_run(tmp_path / "4", ["regularizer=rdrop", "optimizer.lr=2e-5"], None, status="pruned")  # a search's
     line = f"best trial: {tmp_path / '1'} (CV RMSE 0.5000, params optimizer.lr=3e-5)"
-    write_sweep(tmp_path)
+    jobs = write_sweep(tmp_path).set_index("job")
+    assert jobs.loc["4", "status"] == "pruned" and pd.isna(jobs.loc["4", "cv_rmse"])  # no CV for a pruned trial
     assert line in (tmp_path / "sweep.md").read_text()
     with caplog.at_level("INFO", logger="kfold_nlp.cv.callbacks"):
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))

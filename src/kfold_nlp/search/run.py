@@ -12,7 +12,6 @@ import logging
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from ..errors import ConfigError, DataError, Exit, OneLineError, refuse
@@ -50,13 +49,17 @@ def trial_config(overrides: list[str], sample: list[str]):
             cfg = compose("config", overrides=[*overrides, *sample], return_hydra_config=True)
     except HydraException as err:
         raise ConfigError(f"{' '.join(overrides + sample)}: {str(err).splitlines()[0]}") from None
-    HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} (the run's name) resolves
+    hydra, before = HydraConfig.instance(), HydraConfig.instance().cfg
+    hydra.set_config(cfg)  # so that ${hydra:...} (the run's name) resolves
     with open_dict(cfg):
-        del cfg["hydra"]
+        del cfg["hydra"]  # unresolved: its run folder resolver would create a folder
+    try:
+        OmegaConf.resolve(cfg)
+    finally:
+        hydra.cfg = before
     if cfg.get("resume") is not None or cfg.get("launcher") is not None:
         raise ConfigError("resume=, launcher=: not for a search's trials (a trial continues by itself; trials run "
                           "in parallel with hpo.n_jobs=)")
-    OmegaConf.resolve(cfg)
     validate(cfg)
     return cfg
 
@@ -98,9 +101,11 @@ def search(argv: list[str]) -> int:
     search_spec.study = search_spec.study or f"{name}-{cfg.data.get('name') or 'data'}"
     folder = Path(search_spec.dir or f"outputs/hpo/{search_spec.study}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # its lines repeat ours; a failed trial's is ours
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's
     study = open_study(search_spec, folder, {"overrides": sorted(overrides), "params": dict(search_spec.params)})
     url = storage_url(search_spec, folder)
+    to_file = logging.FileHandler(folder / "search.log")  # every start's lines, for a search left running
+    to_file.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+    log.addHandler(to_file)
     folds = expected_folds(cfg)
     trials = Trials(folder, overrides, params, folds, search_spec.n_trials, url, search_spec.pruner, search_spec.n_jobs)
     log.info("search %s: %d trials of %d folds each (%s), pruner %s, %d at once; storage %s; folder %s",
@@ -134,14 +139,14 @@ def search(argv: list[str]) -> int:
     except BadInput as err:
         trials.stop()
         refuse(DataError(str(err)), "fix it and start the search again (it resumes)")
-    log.info(report(study, search_spec.n_trials, url, folder, time.perf_counter() - began))
+    log.info(closing_lines(study, search_spec.n_trials, url, folder, time.perf_counter() - began))
     if stopped_by:
         print(f"stopped: {trials.progress(study)}; continue with the same command", file=sys.stderr)
         return Exit.INTERRUPTED if stopped_by[0] == signal.SIGINT else Exit.TERMINATED
     return 0
 
 
-def report(study, n_trials: int, url: str, folder: Path, wall: float) -> str:
+def closing_lines(study, n_trials: int, url: str, folder: Path, wall: float) -> str:
     """The search's last lines: what ran, the best trial (parameters, CV with interval, folder), the dashboard."""
     from optuna.trial import TrialState
 

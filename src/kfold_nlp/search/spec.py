@@ -136,7 +136,10 @@ def space(params: dict[str, str]) -> list[Param]:
                 raise ConfigError(f"{where}: needs low < high{' and low > 0 on a log scale' if log else ''}")
             out.append(Param(key, "int" if ints else "float", value.start, value.end, log))
         elif isinstance(value, RangeSweep):
-            out.append(Param(key, "int", int(value.start), int(value.stop) - 1, log, int(value.step or 1)))
+            start, step = int(value.start), int(value.step or 1)
+            if not value.start < value.stop or step < 1:
+                raise ConfigError(f"{where}: needs start < stop and a step of at least 1")
+            out.append(Param(key, "int", start, start + step * ((int(value.stop) - 1 - start) // step), log, step))
         elif isinstance(value, ChoiceSweep):
             out.append(Param(key, "categorical", choices=tuple(value.list)))
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import warnings
 from pathlib import Path
 
 import optuna
@@ -48,6 +49,7 @@ def open_study(search: Search, folder: Path, identity: dict) -> optuna.Study:
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's
         storage = optuna.storages.RDBStorage(
             url, engine_kwargs=kwargs, heartbeat_interval=search.heartbeat_s, grace_period=4 * search.heartbeat_s,
             heartbeat_stale_trial_callback=retry)

@@ -24,6 +24,7 @@ from ..rundir import fold_dir
 from ..train.runtime import THREADS_ENV, usable_cores
 from .report import PRUNED, running_cv, trial_env
 from .spec import Param, Pruner, override
+from .study import count
 
 log = logging.getLogger("kfold_nlp.search")
 
@@ -74,26 +75,24 @@ class Trials:
         log.info("%s: %s -> %s", tag, " ".join(override(k, v) for k, v in values.items()), run_dir)
         # the run reports each fold to the study itself (kfold_nlp.search.report): no fold starts after a prune
         proc = self._start(run_dir, [override(k, v) for k, v in values.items()],
-                           trial_env(self.storage, trial.study.study_name, trial._trial_id, asdict(self.pruner)))
-        began, shown = time.perf_counter(), 0
+                           trial_env(self.storage, trial.study.study_name, trial._trial_id,  # what Trial() takes
+                                     asdict(self.pruner)))
+        began, shown, ended = time.perf_counter(), 0, False
         try:
-            while proc.poll() is None or shown < len(self.folds):
+            while not ended:
+                ended = proc.poll() is not None  # before the last look, so that no finished fold goes unshown
                 done = [k for k in self.folds if (fold_dir(run_dir, k) / "result.json").exists()]
                 for n in range(shown + 1, len(done) + 1):  # folds finish in order; a retry starts with its kept
                     log.info("%s: fold %d done (%d of %d), running CV RMSE %.4f", tag, done[n - 1], n,
                              len(self.folds), running_cv(run_dir, done[:n]))
-                shown = len(done)
-                if proc.poll() is not None:
-                    break
-                time.sleep(POLL_S)
+                shown = max(shown, len(done))
+                time.sleep(0 if ended else POLL_S)
         finally:
             with self._lock:
                 self._children.discard(proc)
         return self._result(trial, proc.returncode, run_dir, tag, time.perf_counter() - began)
 
     def progress(self, study: optuna.Study) -> str:
-        from .study import count
-
         return f"{count(study)} of {self.n_trials} finished"
 
     def _run_dir(self, trial: optuna.Trial) -> Path:
