@@ -183,7 +183,7 @@ def test_a_trial_far_worse_at_fold_0_is_pruned_after_it(tmp_path):
 def test_a_search_killed_after_trial_2_of_4_resumes_to_4_trials(tmp_path):
     """SIGTERM while the third trial trains: that trial is queued again and, on the next start, continues in its
     folder with its finished fold kept; the study ends with 4 complete trials in the one storage."""
-    cmd = command(tmp_path, "baseline", *TINY, "hpo.n_trials=4")
+    cmd = command(tmp_path, "baseline", *TINY, "hpo.n_trials=4", "hpo.pruner.name=none")
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     kept = tmp_path / "search" / "2" / "fold_0" / "result.json"
     deadline = time.time() + 600
@@ -199,7 +199,7 @@ def test_a_search_killed_after_trial_2_of_4_resumes_to_4_trials(tmp_path):
     assert not (tmp_path / "search" / "2" / "metrics.json").exists()
     kept_at = kept.stat().st_mtime_ns
 
-    proc = search(tmp_path, "baseline", *TINY, "hpo.n_trials=4")
+    proc = search(tmp_path, "baseline", *TINY, "hpo.n_trials=4", "hpo.pruner.name=none")
     study = load(tmp_path)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     retried = study.trials[3]
@@ -212,12 +212,30 @@ def test_a_search_killed_after_trial_2_of_4_resumes_to_4_trials(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_trials_share_the_cores_and_the_study(tmp_path):
-    search(tmp_path, "tfidf_ridge", "hpo.n_trials=4", "hpo.n_jobs=2")
+    search(tmp_path, "tfidf_ridge", "hpo.n_trials=4", "hpo.n_jobs=2", "hpo.pruner.name=none")
     study = load(tmp_path)
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 4 and len({t.user_attrs["run_dir"] for t in done}) == 4
     first, second = sorted(done, key=lambda t: t.datetime_start)[:2]
     assert second.datetime_start < first.datetime_complete  # two trials at once
+    assert_complete_trials_match_their_folders(study)
+
+
+@pytest.mark.slow
+def test_two_searches_sharing_one_storage_fill_one_study(tmp_path):
+    """What two machines do with one shared storage: each runs trials into its own folder, the study ends with
+    n_trials finished (one more at most, when both finish at once), every trial's folder on its own side."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    both = [subprocess.Popen([*command(tmp_path, "tfidf_ridge", "hpo.n_trials=4", "hpo.pruner.name=none",
+                                       f"hpo.storage={storage}"), f"hpo.dir={tmp_path / side}"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for side in ("a", "b")]
+    for proc in both:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="test", storage=storage)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert 4 <= len(done) <= 5 and {Path(t.user_attrs["run_dir"]).parent.name for t in done} == {"a", "b"}
     assert_complete_trials_match_their_folders(study)
 
 
@@ -232,7 +250,7 @@ def test_a_trial_left_running_by_a_killed_search_is_retried(tmp_path):
     params = {p.key: p.suggest(orphan) for p in specs.space(search_spec.params)}
     study._storage.record_heartbeat(orphan._trial_id)  # what the killed search's heartbeat thread last wrote
     time.sleep(5)  # > 4 heartbeats
-    search(tmp_path, "tfidf_ridge", "hpo.n_trials=1", "hpo.heartbeat_s=1")
+    search(tmp_path, "tfidf_ridge", "hpo.n_trials=1", "hpo.heartbeat_s=1", "hpo.pruner.name=none")
     study = load(tmp_path)
     assert study.trials[0].state == TrialState.FAIL
     retried = study.get_trials(states=(TrialState.COMPLETE,))

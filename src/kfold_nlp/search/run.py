@@ -12,9 +12,27 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.trial import TrialState
+
+from ..analysis.stats import read_oof, rmse_interval
+from ..config.paths import CONFIG_DIR
+from ..config.schema import validate
+from ..data.tables import load_data
 from ..errors import ConfigError, DataError, Exit, OneLineError, refuse
+from ..files import write_json
+from ..rundir import expected_folds
+from . import spec as specs
+from .spec import PREFIX, Param, Search
+from .study import FINISHED, count, open_study, storage_url
+from .trial import BadInput, Interrupted, TrialFailed, Trials
 
 log = logging.getLogger("kfold_nlp.search")
 
@@ -23,8 +41,6 @@ DEFAULT_PRESET = "rdrop"
 
 def split_args(argv: list[str]) -> tuple[str, list[str], list[str]]:
     """(preset, the search's ``hpo.`` overrides, the trials' overrides)."""
-    from .spec import PREFIX
-
     preset = argv[0] if argv and "=" not in argv[0] else DEFAULT_PRESET
     rest = argv[1:] if argv and "=" not in argv[0] else argv
     bad = [a for a in rest if "=" not in a or a.split("=", 1)[0].lstrip("+~").startswith("hydra")]
@@ -36,14 +52,6 @@ def split_args(argv: list[str]) -> tuple[str, list[str], list[str]]:
 def trial_config(overrides: list[str], sample: list[str]):
     """The composed config of a trial with ``sample``'s values, checked as ``make cv`` checks a run: a bad key or
     value is refused before any trial starts."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf, open_dict
-
-    from ..config.paths import CONFIG_DIR
-    from ..config.schema import validate
-
     try:
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             cfg = compose("config", overrides=[*overrides, *sample], return_hydra_config=True)
@@ -74,46 +82,56 @@ def main(argv: list[str] | None = None) -> None:
         code = search(argv)
     except (OneLineError, OSError) as err:
         refuse(err, "start the search again (it resumes)")
+    except KeyboardInterrupt:  # a second Ctrl-C: the trials had their SIGTERM with the first
+        print("interrupted: the running trials were stopped; continue with the same command", file=sys.stderr)
+        code = Exit.INTERRUPTED
     sys.exit(code)
 
 
-def search(argv: list[str]) -> int:
-    import optuna
-    from omegaconf import OmegaConf
+@dataclass
+class Plan:
+    """A search checked and ready: its spec, parameters, the trials' overrides and config, its folder."""
 
-    from ..data.tables import load_data
-    from ..rundir import expected_folds
-    from . import spec as specs
-    from .study import FINISHED, count, open_study, storage_url
-    from .trial import BadInput, Interrupted, TrialFailed, Trials
+    spec: Search
+    params: list[Param]
+    overrides: list[str]
+    cfg: DictConfig
+    folder: Path
 
+
+def plan(argv: list[str]) -> Plan:
+    """Read the command line and refuse, before anything is written, what would fail every trial."""
     preset, search_over, trial_over = split_args(argv)
-    search_spec = specs.load(preset, search_over)
-    params = specs.space(search_spec.params)
-    overrides = [*search_spec.overrides, *trial_over]
-    first = [specs.override(p.key, p.low if p.kind != "categorical" else p.choices[0]) for p in params]
-    cfg = trial_config(overrides, first)
+    spec = specs.load(preset, search_over)
+    params = specs.space(spec.params)
+    overrides = [*spec.overrides, *trial_over]
+    cfg = trial_config(overrides, [specs.override(p.key, p.low if p.kind != "categorical" else p.choices[0])
+                                   for p in params])
     for p in params:
         if OmegaConf.select(cfg, p.key, default="<missing>") == "<missing>":
             raise ConfigError(f"params.{p.key}: no such key in the trials' config (with {' '.join(overrides)})")
     load_data(cfg.data, cfg.cv.n_splits)  # a missing or broken data file: one line before anything starts
-    name = preset if Path(preset).suffix not in (".yaml", ".yml") else Path(preset).stem
-    search_spec.study = search_spec.study or f"{name}-{cfg.data.get('name') or 'data'}"
-    folder = Path(search_spec.dir or f"outputs/hpo/{search_spec.study}")
+    name = Path(preset).stem if Path(preset).suffix in (".yaml", ".yml") else preset
+    spec.study = spec.study or f"{name}-{cfg.data.get('name') or 'data'}"
+    return Plan(spec, params, overrides, cfg, Path(spec.dir or f"outputs/hpo/{spec.study}"))
+
+
+def search(argv: list[str]) -> int:
+    p = plan(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # its lines repeat ours; a failed trial's is ours
-    study = open_study(search_spec, folder, {"overrides": sorted(overrides), "params": dict(search_spec.params)})
-    url = storage_url(search_spec, folder)
-    to_file = logging.FileHandler(folder / "search.log")  # every start's lines, for a search left running
+    study = open_study(p.spec, p.folder, {"overrides": sorted(p.overrides), "params": dict(p.spec.params)})
+    url = storage_url(p.spec, p.folder)
+    p.folder.mkdir(parents=True, exist_ok=True)  # with a storage elsewhere, the study did not make it
+    to_file = logging.FileHandler(p.folder / "search.log")  # every start's lines, for a search left running
     to_file.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
     log.addHandler(to_file)
-    folds = expected_folds(cfg)
-    trials = Trials(folder, overrides, params, folds, search_spec.n_trials, url, search_spec.pruner, search_spec.n_jobs)
+    trials = Trials(p.folder, p.overrides, p.params, expected_folds(p.cfg), p.spec.n_trials, url, p.spec.pruner,
+                    p.spec.n_jobs)
     log.info("search %s: %d trials of %d folds each (%s), pruner %s, %d at once; storage %s; folder %s",
-             search_spec.study, search_spec.n_trials, len(folds), " ".join(f"{p.key} {p.describe()}" for p in params),
-             search_spec.pruner.name, search_spec.n_jobs, url, folder)
+             p.spec.study, p.spec.n_trials, len(trials.folds), ", ".join(f"{x.key} {x.describe()}" for x in p.params),
+             p.spec.pruner.name, p.spec.n_jobs, url, p.folder)
     if count(study):
         log.info("resuming: %s", trials.progress(study))
-
     stopped_by = []
 
     def on_signal(signum, frame):
@@ -127,19 +145,16 @@ def search(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     began = time.perf_counter()
     try:
-        while not trials.stopping.is_set():
-            left = search_spec.n_trials - count(study)
-            if left <= 0:
-                break
+        while not trials.stopping.is_set() and (left := p.spec.n_trials - count(study)) > 0:
             before = count(study, states=None)
-            study.optimize(trials, n_trials=left, n_jobs=search_spec.n_jobs, catch=(TrialFailed, Interrupted),
-                           callbacks=[optuna.study.MaxTrialsCallback(search_spec.n_trials, states=FINISHED)])
+            study.optimize(trials, n_trials=left, n_jobs=p.spec.n_jobs, catch=(TrialFailed, Interrupted),
+                           callbacks=[optuna.study.MaxTrialsCallback(p.spec.n_trials, states=FINISHED)])
             if count(study, states=None) == before:  # nothing could be asked (a storage shared and full)
                 break
     except BadInput as err:
         trials.stop()
         refuse(DataError(str(err)), "fix it and start the search again (it resumes)")
-    log.info(closing_lines(study, search_spec.n_trials, url, folder, time.perf_counter() - began))
+    log.info(closing_lines(study, p.spec.n_trials, url, p.folder, time.perf_counter() - began))
     if stopped_by:
         print(f"stopped: {trials.progress(study)}; continue with the same command", file=sys.stderr)
         return Exit.INTERRUPTED if stopped_by[0] == signal.SIGINT else Exit.TERMINATED
@@ -148,15 +163,10 @@ def search(argv: list[str]) -> int:
 
 def closing_lines(study, n_trials: int, url: str, folder: Path, wall: float) -> str:
     """The search's last lines: what ran, the best trial (parameters, CV with interval, folder), the dashboard."""
-    from optuna.trial import TrialState
-
-    from ..analysis.stats import read_oof, rmse_interval
-    from ..files import write_json
-
     trials = study.get_trials(deepcopy=False)
     states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     done = (f"{states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
-            f"{states[TrialState.FAIL]} failed or stopped of {n_trials} asked, in {wall:.0f} s")
+            f"{states[TrialState.FAIL]} failed or stopped (n_trials {n_trials}); this start {wall:.0f} s")
     lines = [f"search {study.study_name}: {done}"]
     try:
         best = study.best_trial

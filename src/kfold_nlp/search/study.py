@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 DB = "study.db"  # the default storage, in the search folder
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what n_trials counts
+
+ATTEMPTS = 3  # to open the storage
 
 
 def storage_url(search: Search, folder: Path) -> str:
@@ -48,13 +51,17 @@ def open_study(search: Search, folder: Path, identity: dict) -> optuna.Study:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=search.heartbeat_s, grace_period=4 * search.heartbeat_s,
-            heartbeat_stale_trial_callback=retry)
-    except Exception as err:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server: one line
-        raise ConfigError(f"hpo.storage={url}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's
+    for attempt in range(ATTEMPTS):
+        try:
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=search.heartbeat_s,
+                grace_period=4 * search.heartbeat_s, heartbeat_stale_trial_callback=retry)
+            break
+        except Exception as err:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server: one line
+            if attempt == ATTEMPTS - 1:
+                raise ConfigError(f"hpo.storage={url}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+            time.sleep(1 + attempt)  # two searches creating one new storage at once: the other's tables are there
     sampler = optuna.samplers.TPESampler(seed=search.sampler.seed, n_startup_trials=search.sampler.n_startup_trials)
     study = optuna.create_study(storage=storage, study_name=search.study, direction="minimize", sampler=sampler,
                                 pruner=make_pruner(search.pruner), load_if_exists=True)
