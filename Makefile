@@ -87,7 +87,7 @@ compare: setup  ## every regularizer of conf/regularizer/ on the same folds, one
 sweep: setup  ## Hydra multirun, one CV run per combination: make sweep ARGS="regularizer=msd,rdrop optimizer.lr=1e-5,3e-5" -> outputs/multirun/<time>/sweep.md
 	$(PY) -m kfold_nlp -m $(if $(DATA),data=$(DATA)) $(ARGS)
 
-hpo: setup  ## Optuna search of the CV RMSE (resumes when run again): make hpo HPO=rdrop|msd|baseline|tfidf_ridge ARGS="hpo.n_trials=30 hpo.pruner.name=median" -> outputs/hpo/<HPO>-<data>/
+hpo: setup  ## Optuna search of the CV RMSE (resumes when run again): make hpo HPO=rdrop|msd|baseline|tfidf_ridge ARGS="hpo.n_trials=30 hpo.pruner.name=none" -> outputs/hpo/<HPO>-<data>/
 	$(PY) -m kfold_nlp.cli hpo $(HPO) $(if $(DATA),data=$(DATA)) $(ARGS)
 
 notebook: setup  ## OOF analysis report, headless: make notebook RUNS="outputs/compare/<time>" -> <first folder>/oof_analysis.html

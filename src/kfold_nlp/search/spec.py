@@ -27,7 +27,7 @@ class Sampler:
 
 @dataclass
 class Pruner:
-    name: str = "none"  # none | median | halving: Optuna's NopPruner, MedianPruner, SuccessiveHalvingPruner
+    name: str = "median"  # none | median | halving: Optuna's NopPruner, MedianPruner, SuccessiveHalvingPruner
     n_startup_trials: int = 3  # median: trials that run every fold before any trial is pruned
     n_warmup_folds: int = 0  # median: folds every trial runs before it can be pruned
     reduction_factor: int = 3  # halving: a trial goes on past a rung when in the best 1/reduction_factor there
