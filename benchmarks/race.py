@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.race [--rows 224 --rounds 2 --precision fp32 bf16 --model minilm --data synthetic|commonlit|
 <csv>]`` from the repository's root (``make race [DATA=...]``; by default the precisions the machine runs natively,
-``runtime.native_precisions``, on the embedded set). All train the same model on the same rows, batch size, max
+``native_precisions``, on the embedded set). All train the same model on the same rows, batch size, max
 length and precision:
 
 - ``project``: ``trainer.train_fold`` with the project's defaults (length-grouped dynamic padding, exact
@@ -44,9 +44,11 @@ from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.cv.fold import build_fold_model
 from kfold_nlp.data.loading import EncodedRows, make_loader
 from kfold_nlp.model.regressor import load_tokenizer, tokenize
-from kfold_nlp.train import runtime
+from kfold_nlp.train import hardware
+from kfold_nlp.train.device import make_accelerator
 from kfold_nlp.train.loop import train_fold
-from kfold_nlp.train.runtime import keep_freed_memory, make_accelerator
+from kfold_nlp.train.memory import keep_freed_memory
+from kfold_nlp.train.precision import is_emulated, native_precisions
 
 from .rows import DEFAULT, HELP, load_rows
 
@@ -238,9 +240,9 @@ def main(argv=None) -> int:
         speed, device = run_one(args)
         print(json.dumps({"samples_per_s": speed, "device": device}))
         return 0
-    print(runtime.header(runtime.record()))
+    print(hardware.header(hardware.record()))
     if args.precision is None:
-        args.precision = runtime.native_precisions()
+        args.precision = native_precisions()
         if "bf16" not in args.precision and not torch.cuda.is_available():
             print("bf16 skipped: this CPU has no native bf16, it would be emulated (--precision fp32 bf16 to time it)")
     print(f"race: {args.model}, {args.rows} rows = {args.rows // args.batch_size} steps of batch {args.batch_size}, "
@@ -266,8 +268,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---:|---:|---:|---:|")
     for precision in args.precision:
         med = {n: statistics.median(results[(precision, n)]) for n in CONTESTANTS}
-        label = f"{precision} (emulated)" if runtime.is_emulated(precision, "cuda" if torch.cuda.is_available()
-                                                                   else "cpu") else precision
+        label = f"{precision} (emulated)" if is_emulated(precision, "cuda" if torch.cuda.is_available()
+                                                           else "cpu") else precision
         for name in CONTESTANTS:
             print(f"| {label} | {name} | {devices[(precision, name)]} | {med[name]:.2f} | "
                   f"{med[name] / med['hf_trainer']:.2f}x | {med[name] / med['minimal']:.2f}x | "

@@ -8,6 +8,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from omegaconf import OmegaConf
+
+_TEMPLATE = []
+
+
+def saved_config(cfg: dict):
+    """The default config composed once, with ``cfg`` merged in: what a run's ``run_config.yaml`` holds."""
+    if not _TEMPLATE:
+        from hydra import compose, initialize_config_dir
+
+        from kfold_nlp.config.paths import CONFIG_DIR
+
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            _TEMPLATE.append(OmegaConf.to_container(compose("config", ["name=x"]), resolve=False))
+    return OmegaConf.merge(OmegaConf.create(_TEMPLATE[0]), cfg)
 
 
 def rows(n: int = 300, k: int = 5, seed: int = 0) -> pd.DataFrame:
@@ -29,6 +44,7 @@ def write_run(folder: Path, folds: pd.DataFrame, pred, test_pred=None, *, name: 
            "regularizer": {"_target_": f"kfold_nlp.regularizers.{name}.X"},
            "logger": {"mode": "disabled", "project": "kfold-nlp-test", "entity": None}}
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    OmegaConf.save(saved_config(cfg), folder / "run_config.yaml")
     overrides = overrides or [f"regularizer={name}", f"seed={seed}"]
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     folds.to_csv(folder / "folds.csv", index=False)

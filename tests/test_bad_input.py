@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import cli
 
-pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
+pytestmark = pytest.mark.slow  # every test here runs the CLI (see tests/test_tiers.py)
 
 GOOD = pd.DataFrame({
     "id": [f"r{i}" for i in range(6)],
@@ -38,8 +35,8 @@ def test_bad_input_exits_with_one_line_naming_file_and_problem(case, tmp_path):
     if frame is not None:
         frame.to_csv(path, index=False)
     run_dir = tmp_path / "run"
-    proc = run_cli("model=tiny", f"data.path={path}", "data.generate=null", "cv.n_splits=3",
-                   "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
+    proc = cli("cv", "model=tiny", f"data.path={path}", "data.generate=null", "cv.n_splits=3",
+               "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -71,8 +68,7 @@ def test_a_config_that_cannot_run_is_refused_before_anything_is_written(case, tm
     overrides, line = REFUSED[case]
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "kfold_nlp", "model=tiny", "data=csv", f"data.path={good}",
-                           "cv.n_splits=3", "logger.mode=disabled", *(o.format(good=good) for o in overrides)],
-                          cwd=work, capture_output=True, text=True, timeout=300)
+    proc = cli("cv", "model=tiny", "data=csv", f"data.path={good}", "cv.n_splits=3", "logger.mode=disabled",
+               *(o.format(good=good) for o in overrides), cwd=work, check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == line.format(good=good), proc.stderr
     assert [p.name for p in work.rglob("*")] in ([], ["outputs"])  # no run folder, not even an empty one

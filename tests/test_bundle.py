@@ -3,7 +3,11 @@ reproduces ``make predict``; a missing or changed file is refused with one line.
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +17,13 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import tiny_overrides
+from conftest import Result, fresh_process, tiny_overrides
 from kfold_nlp import predict
 from kfold_nlp.bundle import export
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.cv.run import run as run_cv
 
-pytestmark = pytest.mark.slow  # the bundle's script runs in another process (see tests/test_tiers.py)
+pytestmark = pytest.mark.slow  # whole CV runs, then their bundles (see tests/test_tiers.py)
 
 # What the script runs under: this environment's packages without these (a competition image has none of them).
 EXCLUDED = ("hydra", "omegaconf", "wandb", "kfold_nlp", "kfold-nlp", "kfold_nlp-", "__editable__")
@@ -53,8 +57,33 @@ def bare_site(tmp_path_factory) -> Path:
 
 
 def run_script(site_dir: Path, bundle: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python infer.py ARGS`` where only ``site_dir``'s packages can be imported (``python -S``)."""
     return subprocess.run([sys.executable, "-S", "-c", RUNNER, str(site_dir), str(bundle / "infer.py"), *args],
                           capture_output=True, text=True, timeout=600, cwd=bundle.parent)
+
+
+def run_here(bundle: Path, *args: str) -> Result:
+    """``python infer.py ARGS`` in this process (``runpy``, as a script runs), which has every library: the bundle's
+    code must not import any of the excluded ones (its imports, read from its ``ast``; one test runs it without
+    them)."""
+    script = bundle / "infer.py"
+    trees = [ast.parse(path.read_text()) for path in bundle.rglob("*.py")]
+    imported = {a.name.split(".")[0] for tree in trees for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names} | {n.module.split(".")[0] for tree in trees for n in ast.walk(tree)
+                                     if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    assert not {m for m in imported if m.lower().startswith(EXCLUDED)}, imported
+    out, err, path = io.StringIO(), io.StringIO(), sys.path[:]
+    with fresh_process(bundle.parent), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        sys.argv = [str(script), *map(str, args)]
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        finally:
+            sys.path[:] = path
+            sys.modules.pop("kfold_regressor", None)  # the bundle's own copy of the model's code
+    return Result([str(script), *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +106,7 @@ def fresh_accelerator_state_module():
     yield
 
 
+@pytest.mark.process  # python -S over a site-packages without the project's libraries
 def test_the_bundle_reproduces_make_predict_without_the_projects_libraries(fp32_run, bare_site, tmp_path):
     test_csv = fp32_run.parent / "data" / "test.csv"
     expected = predict.predict_run(fp32_run, test_csv)
@@ -92,14 +122,13 @@ def test_the_bundle_reproduces_make_predict_without_the_projects_libraries(fp32_
 
     half = export.export_run(fp32_run, tmp_path / "half", fp16=True)
     assert half["size_mb"] < 0.6 * summary["size_mb"] + 1  # the models are most of it, at half their size
-    proc = run_script(bare_site, half["out"], str(test_csv), "--out", str(tmp_path / "half.csv"))
+    proc = run_here(half["out"], test_csv, "--out", tmp_path / "half.csv")
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(pd.read_csv(tmp_path / "half.csv")["target"], expected["target"], atol=1e-2)
 
 
 @pytest.mark.parametrize("damage", ["changed", "missing"])
-def test_a_changed_or_missing_file_of_the_bundle_is_refused_with_one_line(damage, fp32_run, bare_site,
-                                                                          tmp_path):
+def test_a_changed_or_missing_file_of_the_bundle_is_refused_with_one_line(damage, fp32_run, tmp_path):
     bundle = export.export_run(fp32_run, tmp_path / "bundle")["out"]
     target = bundle / "fold_1.safetensors" if damage == "changed" else bundle / "tokenizer" / "tokenizer.json"
     if damage == "changed":
@@ -108,7 +137,7 @@ def test_a_changed_or_missing_file_of_the_bundle_is_refused_with_one_line(damage
         target.write_bytes(bytes(data))
     else:
         target.unlink()
-    proc = run_script(bare_site, bundle, str(fp32_run.parent / "data" / "test.csv"), "--out", str(tmp_path / "s.csv"))
+    proc = run_here(bundle, fp32_run.parent / "data" / "test.csv", "--out", tmp_path / "s.csv")
     lines = proc.stderr.strip().splitlines()
     reason = "changed since the export (sha256 differs); export the run again" if damage == "changed" else \
         "missing; copy the whole bundle (or export the run again)"
@@ -126,7 +155,7 @@ def test_the_manifest_records_the_versions_and_a_checksum_of_every_file(fp32_run
     assert exit_.value.code == 2
 
 
-def test_a_classical_members_bundle_reproduces_make_predict(bare_site, tmp_path):
+def test_a_classical_members_bundle_reproduces_make_predict(tmp_path):
     overrides = [o for o in tiny_overrides(tmp_path / "data", tmp_path) if not o.startswith("hydra.")]
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", [*overrides, "name=test", "model=tfidf_ridge", "trainer.precision=fp32"])
@@ -135,13 +164,13 @@ def test_a_classical_members_bundle_reproduces_make_predict(bare_site, tmp_path)
     bundle = export.export_run(tmp_path / "run", tmp_path / "bundle")["out"]
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert "scikit-learn" in manifest["versions"] and "torch" not in manifest["versions"]
-    proc = run_script(bare_site, bundle, str(test_csv), "--out", str(tmp_path / "s.csv"))
+    proc = run_here(bundle, test_csv, "--out", tmp_path / "s.csv")
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv")["target"],
                                predict.predict_run(tmp_path / "run", test_csv)["target"], atol=1e-9)
 
 
-def test_an_ensembles_bundle_reproduces_its_blended_submission(fp32_run, bare_site, tmp_path):
+def test_an_ensembles_bundle_reproduces_its_blended_submission(fp32_run, tmp_path):
     from kfold_nlp.analysis import ensemble
 
     data = fp32_run.parent / "data"
@@ -153,7 +182,7 @@ def test_an_ensembles_bundle_reproduces_its_blended_submission(fp32_run, bare_si
                    "--logger", "none"])
     summary = export.export_ensemble(tmp_path / "blend", tmp_path / "bundle")
     assert summary["models"] == 6 and len(list((summary["out"] / "members").iterdir())) == 2
-    proc = run_script(bare_site, summary["out"], str(data / "test.csv"), "--out", str(tmp_path / "s.csv"))
+    proc = run_here(summary["out"], data / "test.csv", "--out", tmp_path / "s.csv")
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = pd.read_csv(tmp_path / "blend" / "submission.csv")
     np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv")["target"], expected["target"], atol=1e-5)

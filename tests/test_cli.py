@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shlex
 import signal
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_cli, start_until, tiny_overrides
+from conftest import ROOT, assert_stopped_with_one_line, cli, signal_when, tiny_overrides
 from kfold_nlp import _run_dir
+from kfold_nlp.rundir import claim
 
 
 def own_csv(folder, n: int = 30):
@@ -33,18 +34,29 @@ def make(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-@pytest.mark.slow
+def through_make(*args: str, check: bool = True):
+    """What ``make <args>`` runs, as make spells it (``make -n``: its quoting of paths with spaces), called in this
+    process: the line that starts the project (``$(PY) -m kfold_nlp ...``) split as the shell splits it."""
+    proc = make("-n", *args)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [x for x in proc.stdout.splitlines() if " -m kfold_nlp" in x]
+    python, flag, module, *argv = shlex.split(line)
+    assert (python, flag) == (".venv/bin/python", "-m") and module in ("kfold_nlp", "kfold_nlp.cli"), line
+    return cli(*(["cv"] if module == "kfold_nlp" else []), *argv, check=check, cwd=ROOT)
+
+
+@pytest.mark.process  # make (-n: it prints its commands, which run here)
 def test_own_csv_with_a_space_in_its_path_through_make_cv_and_make_predict(tmp_path):
     train = own_csv(tmp_path / "my data")
     run_dir = tmp_path / "my runs" / "run"
     args = (f"model=tiny 'data.path={train}' data.id_col=uid data.text_col=passage data.target_col=score "
             f"cv.n_splits=2 logger.mode=disabled 'hydra.run.dir={run_dir}'")
-    proc = make("cv", "DATA=csv", f"ARGS={args}")
+    proc = through_make("cv", "DATA=csv", f"ARGS={args}", check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert pd.read_csv(run_dir / "submission.csv").columns.tolist() == ["uid", "score"]
     assert pd.read_csv(run_dir / "oof.csv", dtype={"id": str})["id"].str.startswith("u").all()
 
-    proc = make("predict", f"RUN={run_dir}")  # INPUT defaults to the run's own test file
+    proc = through_make("predict", f"RUN={run_dir}", check=False)  # INPUT defaults to the run's own test file
     assert proc.returncode == 0, proc.stderr[-2000:]
     pred = pd.read_csv(run_dir / "predictions" / "test.csv")
     sub = pd.read_csv(run_dir / "submission.csv")
@@ -53,12 +65,13 @@ def test_own_csv_with_a_space_in_its_path_through_make_cv_and_make_predict(tmp_p
 
     other = tmp_path / "my data" / "other input.csv"
     pd.DataFrame({"key": ["k1"], "body": ["Some text to score."]}).to_csv(other, index=False)
-    proc = make("predict", f"RUN={run_dir}", f"INPUT={other}", "ARGS=--id-col key --text-col body")
+    proc = through_make("predict", f"RUN={run_dir}", f"INPUT={other}", "ARGS=--id-col key --text-col body",
+                        check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert pd.read_csv(run_dir / "predictions" / "other input.csv").columns.tolist() == ["key", "score"]
 
 
-@pytest.mark.slow
+@pytest.mark.process  # make (it refuses before any Python starts)
 def test_make_refuses_overrides_typed_without_args():
     proc = make("cv", "EXP=rdrop", "model=tiny", "cv.n_splits=2")
     assert proc.returncode != 0
@@ -83,7 +96,7 @@ def test_predict_refuses_with_one_line(problem, tiny_run, tmp_path):
         bad = tmp_path / "bad.csv"
         pd.DataFrame({"id": ["a"], "body": ["text"]}).to_csv(bad, index=False)
         args.append(str(bad))
-    proc = run_cli("predict", *args, module="kfold_nlp.cli", check=False)
+    proc = cli("predict", *args, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     expected = {"missing": "does not exist", "no_models": "no fold_*/model.safetensors",
@@ -91,14 +104,21 @@ def test_predict_refuses_with_one_line(problem, tiny_run, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected[problem] in lines[0], proc.stderr
 
 
-def _allocate(base, queue):
-    queue.put(_run_dir(None, base))
+def _allocate(base, barrier, queue):
+    _run_dir(None, base)  # both processes choose the same free name: nothing is created while resolving
+    barrier.wait()
+    queue.put(str(claim(lambda: _run_dir(None, base))))
+
+
+def test_resolving_a_run_folder_creates_nothing(tmp_path):
+    name = _run_dir(None, str(tmp_path / "runs" / "t"))
+    assert not (tmp_path / "runs").exists() and _run_dir(None, str(tmp_path / "runs" / "t")) == name
 
 
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path):
-    queue = multiprocessing.get_context("fork").Queue()
-    procs = [multiprocessing.get_context("fork").Process(target=_allocate, args=(str(tmp_path / "t"), queue))
-             for _ in range(2)]
+    context = multiprocessing.get_context("fork")
+    queue, barrier = context.Queue(), context.Barrier(2)
+    procs = [context.Process(target=_allocate, args=(str(tmp_path / "t"), barrier, queue)) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -111,37 +131,30 @@ def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path):
 def test_a_bad_csv_leaves_no_stub_folder(tmp_path):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"id": ["a", "a", "b"], "excerpt": ["x", "y", "z"], "target": [1, 2, 3]}).to_csv(bad, index=False)
-    proc = subprocess.run([sys.executable, "-m", "kfold_nlp", "model=tiny", "data=csv", f"data.path={bad}",
-                           "cv.n_splits=2", "logger.mode=disabled"], cwd=tmp_path, capture_output=True, text=True)
+    proc = cli("cv", "model=tiny", "data=csv", f"data.path={bad}", "cv.n_splits=2", "logger.mode=disabled",
+               cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "duplicated" in proc.stderr
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
-def test_ctrl_c_or_sigterm_ends_with_one_line_naming_the_folder_and_the_resume_command(sig, code, word, tiny_run,
-                                                                                       tmp_path):
-    """Ctrl-C, or SIGTERM (a timeout, a preemption): one line naming the folder and the command that resumes it."""
+def test_ctrl_c_ends_with_one_line_naming_the_folder_and_the_resume_command(tiny_data, tmp_path):
+    """Ctrl-C (SIGINT: KeyboardInterrupt in the main thread, here this process's) once fold 0 is done: one line
+    naming the folder and the command that resumes it, exit 130 (SIGTERM: tests/test_resume.py)."""
     run_dir = tmp_path / "run"
-    proc = start_until(tiny_overrides(tiny_run.parent / "data", run_dir), b"fold 1:",
-                       # a shell's background job ignores SIGINT, and children inherit that: not a terminal's Ctrl-C
-                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    proc.send_signal(sig)
-    rest = proc.communicate(timeout=120)[1].decode()
-    assert proc.returncode == code
-    last = rest.strip().splitlines()[-1]
-    assert last.startswith(f"{word}: finished folds are kept in {run_dir}") and f"RESUME={run_dir}" in last
-    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
-    assert (run_dir / "fold_0" / "result.json").exists()
+    with signal_when(signal.SIGINT, lambda: (run_dir / "fold_0" / "result.json").exists()):
+        proc = cli("cv", *tiny_overrides(tiny_data, run_dir), check=False)
+    assert_stopped_with_one_line(proc.returncode, proc.stderr, 130, "interrupted", run_dir)
 
 
 @pytest.mark.slow
-def test_online_wandb_without_a_key_is_refused_at_the_start(tiny_run, tmp_path):
+def test_online_wandb_without_a_key_is_refused_at_the_start(tiny_data, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path)}  # no netrc
-    overrides = [*tiny_overrides(tiny_run.parent / "data", run_dir, logger="wandb"), "logger.mode=online"]
-    proc = subprocess.run([sys.executable, "-m", "kfold_nlp", *overrides], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=300)
+    for name in [k for k in os.environ if k.startswith("WANDB_") and k != "WANDB_SILENT"]:  # WANDB_SILENT: set by
+        monkeypatch.delenv(name)  # the package at import, in every process
+    monkeypatch.setenv("HOME", str(tmp_path))  # no netrc
+    overrides = [*tiny_overrides(tiny_data, run_dir, logger="wandb"), "logger.mode=online"]
+    proc = cli("cv", *overrides, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: logger.mode=online: no W&B API key for api.wandb.ai (set WANDB_API_KEY "
                                    "or run `wandb login`); or use logger.mode=offline and `wandb sync` later")
@@ -149,14 +162,14 @@ def test_online_wandb_without_a_key_is_refused_at_the_start(tiny_run, tmp_path):
 
 
 def test_the_one_entry_lists_its_commands_and_refuses_an_unknown_one_with_one_line(capsys):
-    from kfold_nlp import cli
+    from kfold_nlp import cli as entry
 
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["--help"])
+        entry.main(["--help"])
     out = capsys.readouterr().out
-    assert exit_.value.code == 0 and all(f"  {name} " in out for name in cli.COMMANDS)
+    assert exit_.value.code == 0 and all(f"  {name} " in out for name in entry.COMMANDS)
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["colect", "outputs/x"])
+        entry.main(["colect", "outputs/x"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and err == ["error: colect: not a command; one of cv, predict, refit, export, "
                                              "collect, compare, sweep, hpo, ensemble, report (kfold-nlp --help)"]
@@ -164,10 +177,10 @@ def test_the_one_entry_lists_its_commands_and_refuses_an_unknown_one_with_one_li
 
 def test_each_command_reaches_its_module_with_its_arguments(tmp_path, capsys):
     """A missing run folder, through the one entry: the command's own one-line refusal and exit status."""
-    from kfold_nlp import cli
+    from kfold_nlp import cli as entry
 
     for command in ("collect", "predict"):
         with pytest.raises(SystemExit) as exit_:
-            cli.main([command, str(tmp_path / "nowhere")])
+            entry.main([command, str(tmp_path / "nowhere")])
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_.value.code == 2 and len(err) == 1 and f"{tmp_path / 'nowhere'}: does not exist" in err[0], err

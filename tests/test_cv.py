@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import read_metrics, run_cli, tiny_overrides, wandb_runs
+from conftest import cli, read_metrics, tiny_overrides, wandb_runs
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.cv import fold as cv_fold
 from kfold_nlp.cv.collect import cv_metrics
@@ -68,9 +66,9 @@ def test_oof_has_one_row_per_input_row_and_metrics_match_it(tiny_run, tiny_train
 
 
 @pytest.mark.slow
-def test_bagged_submission_is_the_mean_of_the_fold_predictions(tiny_run):
+def test_bagged_submission_is_the_mean_of_the_fold_predictions(tiny_run, tiny_data):
     sub = pd.read_csv(tiny_run / "submission.csv", dtype={"id": str})
-    test = pd.read_csv(tiny_run.parent / "data" / "test.csv", dtype={"id": str})
+    test = pd.read_csv(tiny_data / "test.csv", dtype={"id": str})
     assert sub["id"].tolist() == test["id"].tolist()
     folds = np.stack([pd.read_csv(tiny_run / f"fold_{k}" / "test_pred.csv")["pred"] for k in range(3)])
     assert not np.allclose(folds[0], folds[1])  # distinct fold models, so the mean is a real combination
@@ -78,32 +76,28 @@ def test_bagged_submission_is_the_mean_of_the_fold_predictions(tiny_run):
 
 
 @pytest.mark.slow
-def test_predict_cli_rebags_the_saved_fold_models(tiny_run, tmp_path):
+def test_predict_cli_rebags_the_saved_fold_models(tiny_run, tiny_data, tmp_path):
     out = tmp_path / "pred.csv"
-    run_cli("predict", str(tiny_run), str(tiny_run.parent / "data" / "test.csv"), "--out", str(out),
-            module="kfold_nlp.cli")
+    cli("predict", tiny_run, tiny_data / "test.csv", "--out", out)
     pred = pd.read_csv(out)
     sub = pd.read_csv(tiny_run / "submission.csv")
     np.testing.assert_allclose(pred["target"], sub["target"], atol=1e-5)
 
 
 @pytest.mark.slow
-def test_same_seed_gives_the_same_oof(tiny_run, tmp_path):
-    run_cli(*tiny_overrides(tiny_run.parent / "data", tmp_path / "again"))
+def test_same_seed_gives_the_same_oof(tiny_run, tiny_data, tmp_path):
+    cli("cv", *tiny_overrides(tiny_data, tmp_path / "again"))
     first = pd.read_csv(tiny_run / "oof.csv")
     second = pd.read_csv(tmp_path / "again" / "oof.csv")
     pd.testing.assert_frame_equal(first, second)
 
 
 @pytest.mark.slow
-def test_the_run_is_named_after_the_regularizer_actually_used(tiny_run, tmp_path):
+def test_the_run_is_named_after_the_regularizer_actually_used(tiny_data, tmp_path):
     """A preset followed by ``regularizer=msd`` trains MSD, so folder, tracker group and runs say msd."""
-    overrides = [o for o in tiny_overrides(tiny_run.parent / "data", tmp_path) if not o.startswith(("hydra.run.dir",
-                                                                                                     "logger",
-                                                                                                     "regularizer="))]
-    proc = subprocess.run([sys.executable, "-m", "kfold_nlp", "experiment=baseline", "regularizer=msd", "cv.folds=[0]",
-                           "logger=csv", *overrides], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    overrides = [o for o in tiny_overrides(tiny_data, tmp_path) if not o.startswith(("hydra.run.dir", "logger",
+                                                                                     "regularizer="))]
+    proc = cli("cv", "experiment=baseline", "regularizer=msd", "cv.folds=[0]", "logger=csv", *overrides, cwd=tmp_path)
     (run_dir,) = [p for p in (tmp_path / "outputs").glob("*/*") if not p.name.startswith("latest")]
     assert run_dir.parent.name == "msd" and (run_dir.parent / "latest").resolve() == run_dir.resolve()
     assert (run_dir.parent / "latest-synthetic").resolve() == run_dir.resolve()  # what make predict takes
@@ -113,7 +107,7 @@ def test_the_run_is_named_after_the_regularizer_actually_used(tiny_run, tmp_path
 
 
 @pytest.mark.slow
-def test_num_workers_reaches_every_loader(tiny_run, tmp_path, monkeypatch):
+def test_num_workers_reaches_every_loader(tiny_data, tmp_path, monkeypatch):
     seen, real = [], cv_fold.make_loader
 
     def recording(*args, **kwargs):
@@ -121,7 +115,7 @@ def test_num_workers_reaches_every_loader(tiny_run, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cv_fold, "make_loader", recording)
-    overrides = [o for o in tiny_overrides(tiny_run.parent / "data", tmp_path) if not o.startswith("hydra.")]
+    overrides = [o for o in tiny_overrides(tiny_data, tmp_path) if not o.startswith("hydra.")]
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", [*overrides, "name=test", "cv.folds=[0]", "trainer.num_workers=1"])
     run_cv(cfg, tmp_path / "run")
@@ -129,10 +123,10 @@ def test_num_workers_reaches_every_loader(tiny_run, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_diverged_fold_is_one_line_a_failed_wandb_run_and_no_results(tiny_run, tmp_path):
+def test_a_diverged_fold_is_one_line_a_failed_wandb_run_and_no_results(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(*tiny_overrides(tiny_run.parent / "data", run_dir, logger="wandb"), "optimizer=sgd",
-                   "optimizer.lr=1e12", "trainer.max_grad_norm=null", "trainer.precision=fp32", check=False)
+    proc = cli("cv", *tiny_overrides(tiny_data, run_dir, logger="wandb"), "optimizer=sgd", "optimizer.lr=1e12",
+               "trainer.max_grad_norm=null", "trainer.precision=fp32", check=False)
     assert proc.returncode == 1
     # already fp32: the hint does not suggest it (a bf16 run's does, tests/test_trainer.py)
     assert proc.stderr.splitlines()[-1] == "error: fold 0 diverged at step 2 (loss nan); lower optimizer.lr"
@@ -143,26 +137,26 @@ def test_a_diverged_fold_is_one_line_a_failed_wandb_run_and_no_results(tiny_run,
 
 
 @pytest.mark.slow
-def test_results_are_assembled_by_id_never_by_position(tiny_run, tmp_path):
+def test_results_are_assembled_by_id_never_by_position(tiny_data, tmp_path):
     """A fold file whose ids do not match folds.csv, or a train file changed before a resume, is refused."""
     data, run_dir = tmp_path / "data", tmp_path / "run"
-    shutil.copytree(tiny_run.parent / "data", data)
+    shutil.copytree(tiny_data, data)
     overrides = [*tiny_overrides(data, run_dir), "cv.folds=[0,1]"]
-    run_cli(*overrides)
+    cli("cv", *overrides)
     resume = [o for o in overrides if not o.startswith("hydra.run.dir")] + [f"resume={run_dir}"]
 
     oof = pd.read_csv(run_dir / "fold_1" / "oof.csv", dtype={"id": str})
     oof.iloc[[0, 1]] = oof.iloc[[1, 0]].to_numpy()  # two rows swapped: same ids, other order
     oof.to_csv(run_dir / "fold_1" / "oof.csv", index=False)
     (run_dir / "metrics.json").unlink()
-    proc = run_cli(*resume, check=False)
+    proc = cli("cv", *resume, check=False)
     assert proc.returncode == 2 and "fold_1/oof.csv: ids differ" in proc.stderr.strip().splitlines()[-1]
     assert not (run_dir / "metrics.json").exists()
 
     train = pd.read_csv(data / "train.csv", dtype=str)
     train.loc[5, "id"] = "changed"
     train.to_csv(data / "train.csv", index=False)
-    proc = run_cli(*resume, check=False)
+    proc = cli("cv", *resume, check=False)
     assert proc.returncode == 2 and f"the train file changed since {run_dir} started (ids differ)" in proc.stderr
 
 
@@ -203,7 +197,7 @@ def test_a_blank_fold_prediction_is_refused_naming_file_and_row(name, tiny_run, 
     table.loc[2, "pred"] = ""
     table.to_csv(path, index=False)
     results = {n: (run_dir / n).read_bytes() for n in ("oof.csv", "submission.csv", "metrics.json")}
-    proc = run_cli("collect", str(run_dir), module="kfold_nlp.cli", check=False)
+    proc = cli("collect", run_dir, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (f"error: {path}: blank or non-finite pred in 1 row(s), first at data row 3; "
                                    f"retrain that fold: delete {path.parent / 'result.json'} and resume with "

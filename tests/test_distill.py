@@ -13,16 +13,17 @@ import pytest
 from accelerate.state import AcceleratorState, GradientState
 from hydra import compose, initialize_config_dir
 
-from conftest import run_cli, tiny_overrides
+from conftest import cli, tiny_overrides
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.config.schema import ConfigError, validate
 from kfold_nlp.cv import distill
 from kfold_nlp.cv import fold as cv_fold
+from kfold_nlp.cv.app import check_config
 from kfold_nlp.cv.prepare import prepare
 from kfold_nlp.cv.run import run as run_cv
 from kfold_nlp.errors import DataError
 
-pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
+pytestmark = pytest.mark.slow  # every test here needs the tiny run of the CLI (see tests/test_tiers.py)
 
 WEIGHT = 0.3
 
@@ -128,8 +129,8 @@ def test_weight_0_through_the_cli_is_exactly_the_run_without_a_teacher(tiny_run,
     """``distill.teacher`` end to end: with weight 0 the student is the teacher-less run (the teacher's random
     init does not shift the student's random stream), so only the mixed target can change a result."""
     run_dir = tmp_path / "run"
-    run_cli(*tiny_overrides(tiny_run.parent / "data", run_dir), f"distill.teacher={tiny_run}", "distill.weight=0",
-            "cv.folds=[0]")
+    cli("cv", *tiny_overrides(tiny_run.parent / "data", run_dir), f"distill.teacher={tiny_run}", "distill.weight=0",
+        "cv.folds=[0]")
     pd.testing.assert_frame_equal(pd.read_csv(run_dir / "fold_0" / "oof.csv"),
                                   pd.read_csv(tiny_run / "fold_0" / "oof.csv"))
     record = pd.read_csv(run_dir / "fold_0" / "soft_targets.csv")
@@ -138,8 +139,8 @@ def test_weight_0_through_the_cli_is_exactly_the_run_without_a_teacher(tiny_run,
 
 def test_unlabeled_through_the_cli_adds_fold_k_pseudo_labels(tiny_run, unlabeled, tmp_path):
     run_dir = tmp_path / "run"
-    run_cli(*tiny_overrides(tiny_run.parent / "data", run_dir), f"distill.teacher={tiny_run}",
-            f"distill.unlabeled={unlabeled}", "cv.folds=[1]")
+    cli("cv", *tiny_overrides(tiny_run.parent / "data", run_dir), f"distill.teacher={tiny_run}",
+        f"distill.unlabeled={unlabeled}", "cv.folds=[1]")
     record = pd.read_csv(run_dir / "fold_1" / "soft_targets.csv", dtype={"id": str})
     pseudo = record[record["source"] == "unlabeled"]
     assert pseudo["id"].tolist() == pd.read_csv(unlabeled, dtype={"id": str})["id"].tolist()
@@ -186,7 +187,7 @@ def test_distill_config_is_checked(tiny_run, overrides, message):
 
 def test_a_teacher_that_is_not_a_run_folder_is_refused(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match=r"distill.teacher=.*: not a run folder"):
-        validate(config(tiny_run, f"distill.teacher={tmp_path}"))
+        check_config(config(tiny_run, f"distill.teacher={tmp_path}"))
 
 
 def test_a_teacher_trained_on_other_texts_with_the_same_ids_and_folds_is_refused(tiny_run, tiny_train, tmp_path):

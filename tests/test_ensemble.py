@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import cli
 from fake_runs import rows, write_run
 from kfold_nlp.analysis import ensemble, report, stats
 
@@ -63,8 +63,7 @@ def test_members_that_cannot_be_blended_are_refused_with_one_line(two_runs, tmp_
 def test_refusal_from_the_command_line_has_no_traceback(two_runs, tmp_path):
     f, a, _ = two_runs
     write_run(tmp_path / "c", f.assign(fold=(f["fold"] + 1) % 5), f["target"], np.zeros(12))
-    proc = run_cli("ensemble", str(a), str(tmp_path / "c"), "--out", str(tmp_path / "out"), module="kfold_nlp.cli",
-                   check=False)
+    proc = cli("ensemble", a, tmp_path / "c", "--out", tmp_path / "out", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "folds.csv differs" in proc.stderr and not (tmp_path / "out").exists()
 
@@ -189,7 +188,7 @@ def test_sweep_and_ensemble_folders_expand_to_their_runs(two_runs, tmp_path, cap
     assert report.find_ensembles([tmp_path]) == [tmp_path / "e1"]
 
 
-@pytest.mark.slow
+@pytest.mark.process  # papermill's kernel
 def test_notebook_shows_the_ensemble_folder(two_runs, tmp_path, capsys):
     _, a, b = two_runs
     assert blend_cli(capsys, a, b, "--out", tmp_path / "ens")[0] == 0

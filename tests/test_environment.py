@@ -11,14 +11,13 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
-import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, copy_run, run_cli
+from conftest import cli, copy_run, run_process
 from kfold_nlp.cv import collect
 from kfold_nlp.errors import Exit
 from kfold_nlp.files import LogFile, atomic_path
@@ -43,15 +42,40 @@ def unfinished_run(tiny_run, tmp_path) -> Path:
     return run_dir
 
 
+@contextmanager
 def file_size_limit():
-    """``ulimit -f`` of 64 KiB: the first model or snapshot written is too large (EFBIG, SIGXFSZ ignored)."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    """``ulimit -f`` of 64 KiB (the soft limit, so that it can be lifted again): the first model or snapshot written
+    is too large (EFBIG, SIGXFSZ ignored)."""
+    handler, limits = signal.signal(signal.SIGXFSZ, signal.SIG_IGN), resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@contextmanager
+def unreachable_wandb():
+    """An API key, and a W&B server address nothing listens on. wandb reads its settings from the environment once
+    per process (then keeps them, with its service): torn down before and after, as a new process starts."""
+    import wandb
+
+    wandb.teardown()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("WANDB_MODE", raising=False)
+        for name, value in {"WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9",
+                            "WANDB_INIT_TIMEOUT": "2"}.items():
+            patch.setenv(name, value)
+        try:
+            yield
+        finally:
+            wandb.teardown()
 
 
 def no_root_override():
     """Root writes into a read-only folder anyway: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (prctl
-    PR_CAPBSET_DROP) so that the folder's mode holds for the command too."""
+    PR_CAPBSET_DROP) so that the folder's mode holds for the command too (from its ``exec`` on: a process's own)."""
     if os.geteuid() == 0:
         libc = ctypes.CDLL(None, use_errno=True)
         for cap in (1, 2):
@@ -59,36 +83,13 @@ def no_root_override():
                 os._exit(99)  # the test skips on this code
 
 
-def unreachable_wandb() -> dict:
-    """An API key, and a W&B server address nothing listens on."""
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
-    return env | {"WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "2"}
-
-
-FAULTS = {  # how the command runs, its logger, what the line names (after "error: ") and says
-    "file_size_limit": ({"preexec_fn": file_size_limit}, "disabled", "{run}", "file too large"),
-    "read_only": ({"preexec_fn": no_root_override}, "disabled", "{run}/.lock.pid",  # the first file a start writes
-                  "permission denied; make it writable"),
-    "wandb_unreachable": ({"env": unreachable_wandb()}, "online", "W&B (127.0.0.1)",
-                          "check the network and the API key"),
+FAULTS = {  # while the command runs, its logger, what the line names (after "error: ") and says
+    "file_size_limit": (file_size_limit, "disabled", "{run}", "file too large"),
+    "wandb_unreachable": (unreachable_wandb, "online", "W&B (127.0.0.1)", "check the network and the API key"),
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fault", FAULTS)
-def test_a_fault_of_the_machine_ends_in_one_line_and_the_resume_finishes_the_run(fault, unfinished_run, tiny_run):
-    run_dir = unfinished_run
-    popen, logger, where, what = FAULTS[fault]
-    before = files(run_dir)
-    if fault == "read_only":
-        run_dir.chmod(0o555)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "kfold_nlp", f"resume={run_dir}", f"logger.mode={logger}"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600, **popen)
-    finally:
-        run_dir.chmod(0o755)
-    if proc.returncode == 99:
-        pytest.skip("cannot drop root's permission override here")
+def assert_one_line_then_resume(proc, run_dir: Path, where: str, what: str, before: dict, tiny_run: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == Exit.ENVIRONMENT and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert last.startswith(f"error: {where.format(run=run_dir)}") and what in last, last
@@ -96,9 +97,36 @@ def test_a_fault_of_the_machine_ends_in_one_line_and_the_resume_finishes_the_run
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [last]
     assert files(run_dir) == before  # nothing new looks finished, nothing earlier changed
 
-    run_cli(f"resume={run_dir}", "logger.mode=disabled")
+    cli("cv", f"resume={run_dir}", "logger.mode=disabled")
     for name in ("oof.csv", "submission.csv"):
         assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes(), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_fault_of_the_machine_ends_in_one_line_and_the_resume_finishes_the_run(fault, unfinished_run, tiny_run):
+    run_dir = unfinished_run
+    during, logger, where, what = FAULTS[fault]
+    before = files(run_dir)
+    with during():
+        proc = cli("cv", f"resume={run_dir}", f"logger.mode={logger}", check=False)
+    assert_one_line_then_resume(proc, run_dir, where, what, before, tiny_run)
+
+
+@pytest.mark.process  # without root's permission override: dropped for a process of its own
+def test_a_read_only_run_folder_ends_in_one_line_and_the_resume_finishes_the_run(unfinished_run, tiny_run):
+    run_dir = unfinished_run
+    before = files(run_dir)
+    run_dir.chmod(0o555)
+    try:
+        proc = run_process("cv", f"resume={run_dir}", "logger.mode=disabled", check=False,
+                           preexec_fn=no_root_override)
+    finally:
+        run_dir.chmod(0o755)
+    if proc.returncode == 99:
+        pytest.skip("cannot drop root's permission override here")
+    assert_one_line_then_resume(proc, run_dir, "{run}/.lock.pid",  # the first file a start writes
+                                "permission denied; make it writable", before, tiny_run)
 
 
 @pytest.mark.slow

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import run_cli, tiny_overrides
+from conftest import cli, tiny_overrides
 from kfold_nlp.data import fingerprint
 
-pytestmark = pytest.mark.slow  # every test runs the CLI
+pytestmark = pytest.mark.slow  # every test runs the CLI (see tests/test_tiers.py)
 
 
 def snapshot_of(folder: Path) -> dict:
@@ -25,14 +25,14 @@ def snapshot_of(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def own_run(tiny_run, tmp_path_factory) -> Path:
+def own_run(tiny_data, tmp_path_factory) -> Path:
     """A finished tiny run on the user's own copy of the tiny set (no params.json: never regenerated), so that the
     tests may change its train file and put it back."""
     base = tmp_path_factory.mktemp("own")
     (base / "data").mkdir()
     for name in ("train.csv", "test.csv"):
-        shutil.copy(tiny_run.parent / "data" / name, base / "data" / name)
-    run_cli(*tiny_overrides(base / "data", base / "run"))
+        shutil.copy(tiny_data / name, base / "data" / name)
+    cli("cv", *tiny_overrides(base / "data", base / "run"))
     return base / "run"
 
 
@@ -66,9 +66,9 @@ def test_a_changed_train_file_is_refused_by_resume_and_collect(own_run, train_fi
     change(pd.read_csv(train_file, dtype={"id": str})).to_csv(train_file, index=False)
     before = snapshot_of(own_run)
     if command == "resume":
-        proc = run_cli(f"resume={own_run}", check=False)
+        proc = cli("cv", f"resume={own_run}", check=False)
     else:
-        proc = run_cli("collect", str(own_run), module="kfold_nlp.cli", check=False)
+        proc = cli("collect", own_run, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     line = next(x for x in proc.stderr.splitlines() if x.startswith("error:"))
@@ -83,7 +83,7 @@ def test_bytes_that_the_run_does_not_read_may_change(own_run, train_file):
     collect goes on, with a warning."""
     before = (own_run / "oof.csv").read_bytes()
     pd.read_csv(train_file, dtype={"id": str}).assign(note="checked").to_csv(train_file, index=False)
-    proc = run_cli("collect", str(own_run), module="kfold_nlp.cli")
+    proc = cli("collect", own_run)
     assert "its bytes changed since this run started, but not the columns the run reads" in proc.stderr
     assert (own_run / "oof.csv").read_bytes() == before
 
@@ -97,7 +97,7 @@ def test_a_fold_copied_in_from_a_run_with_another_config_is_refused(own_run, tin
     shutil.rmtree(run / "fold_1")
     shutil.copytree(tiny_run / "fold_1", run / "fold_1")
     before = snapshot_of(run)
-    proc = run_cli("collect", str(run), module="kfold_nlp.cli", check=False)
+    proc = cli("collect", run, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {run / 'fold_1' / 'result.json'}: this fold was trained on another config than {run}; retrain it "
@@ -116,9 +116,9 @@ def test_a_run_folder_from_before_fingerprints_gets_one_and_still_refuses_change
         result.write_text(json.dumps(record, indent=2) + "\n")  # as files.write_json writes it
     table = pd.read_csv(train_file, dtype={"id": str})
     table.assign(target=table["target"] + 0.001).to_csv(train_file, index=False)
-    proc = run_cli("collect", str(run), module="kfold_nlp.cli", check=False)
+    proc = cli("collect", run, check=False)
     assert proc.returncode == 2 and "targets differ, first at data row 1" in proc.stderr
     assert not (run / fingerprint.NAME).exists()  # nothing written by a refused command
     table.to_csv(train_file, index=False)
-    run_cli("collect", str(run), module="kfold_nlp.cli")
+    cli("collect", run)
     assert (run / fingerprint.NAME).is_file()

@@ -4,14 +4,12 @@ in every run's metrics and beside every benchmark figure, and benchmark contesta
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, read_metrics, tiny_overrides
+from conftest import Result, cli, read_metrics, tiny_overrides
 from kfold_nlp.cv import launch
 from kfold_nlp.train import runtime
 
@@ -26,13 +24,14 @@ def machine(monkeypatch):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
         monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: cpu_bf16)
         monkeypatch.setattr(runtime, "cpu_capability", lambda: "AVX512" if cpu_bf16 else "AVX2")
+        monkeypatch.setattr(runtime.hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"} if cpu_bf16 else ()))
 
     return set_
 
 
 @pytest.mark.parametrize("answers, expected, why", [
     ({"cpu_bf16": False}, "fp32", "precision auto -> fp32: this CPU has no native bf16 (AVX2)"),
-    ({"cpu_bf16": True}, "bf16", "precision auto -> bf16: this CPU has native bf16 (AVX512)"),
+    ({"cpu_bf16": True}, "bf16", "precision auto -> bf16: this CPU has native bf16 (AVX512-BF16)"),
     ({"cuda": True, "cuda_bf16": True}, "bf16", "precision auto -> bf16: Fake GPU supports bf16"),
     ({"cuda": True, "cuda_bf16": False}, "fp16", "precision auto -> fp16: Fake GPU has no bf16"),
 ])
@@ -78,18 +77,17 @@ def test_threads_follow_the_usable_cores_and_the_launchers_share(monkeypatch):
         torch.set_num_threads(before)
 
 
-def _run_patched(cpu_bf16: bool, *overrides: str) -> subprocess.CompletedProcess:
-    """The real entry point, in a fresh process whose CPU answers ``cpu_bf16`` to the native-bf16 question."""
-    code = (f"import sys, kfold_nlp.train.runtime as h; h.cpu_has_native_bf16 = lambda: {cpu_bf16!r}; "
-            "from kfold_nlp.__main__ import main; sys.argv = ['kfold_nlp', *sys.argv[1:]]; main()")
-    return subprocess.run([sys.executable, "-c", code, *overrides], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+def _run_patched(cpu_bf16: bool, *overrides: str) -> Result:
+    """The real entry point, where the CPU answers ``cpu_bf16`` to the native-bf16 question."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime, "cpu_has_native_bf16", lambda: cpu_bf16)
+        return cli("cv", *overrides, check=False)
 
 
 @pytest.mark.slow
-def test_a_run_says_what_auto_chose_first_and_records_it_with_the_hardware(tiny_run, tmp_path):
+def test_a_run_says_what_auto_chose_first_and_records_it_with_the_hardware(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    proc = _run_patched(False, *tiny_overrides(tiny_run.parent / "data", run_dir), "cv.n_splits=2")
+    proc = _run_patched(False, *tiny_overrides(tiny_data, run_dir), "cv.n_splits=2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("precision auto -> fp32: this CPU has no native bf16 (")
@@ -101,9 +99,9 @@ def test_a_run_says_what_auto_chose_first_and_records_it_with_the_hardware(tiny_
 
 
 @pytest.mark.slow
-def test_explicit_bf16_on_a_cpu_without_it_warns_once_and_runs(tiny_run, tmp_path):
+def test_explicit_bf16_on_a_cpu_without_it_warns_once_and_runs(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    proc = _run_patched(False, *tiny_overrides(tiny_run.parent / "data", run_dir), "trainer.precision=bf16")
+    proc = _run_patched(False, *tiny_overrides(tiny_data, run_dir), "trainer.precision=bf16")
     assert proc.returncode == 0, proc.stderr[-2000:]
     warnings = [line for line in proc.stdout.splitlines() if "without native bf16" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: trainer.precision=bf16")

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
+pytestmark = pytest.mark.process  # pip, and the installed package in a process of its own (see tests/test_tiers.py)
 
 
 def test_a_non_editable_install_finds_conf_and_notebook(tmp_path):

@@ -7,23 +7,43 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, read_metrics, run_cli, tiny_overrides
+from conftest import ENV, ROOT, cli, in_background, read_metrics, run_process, tiny_overrides
 from kfold_nlp.cv import lock
 from kfold_nlp.train import runtime
 
-pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
+pytestmark = pytest.mark.slow  # every test here runs the CLI (see tests/test_tiers.py)
 
 
+def fold_jobs(folder: Path, data: Path, launcher: str) -> Path:
+    run_process("cv", *tiny_overrides(data, folder / "run", logger="wandb"), f"launcher={launcher}", env=ENV)
+    return folder / "run"
+
+
+@in_background
+def joblib_fold_jobs(folder: Path, data: Path) -> Path:
+    """The tiny run, its folds as parallel jobs of ``launcher=joblib``."""
+    return fold_jobs(folder, data, "joblib")
+
+
+@in_background
+def submitit_local_fold_jobs(folder: Path, data: Path) -> Path:
+    """The tiny run, its folds as parallel jobs of ``launcher=submitit_local``."""
+    return fold_jobs(folder, data, "submitit_local")
+
+
+@pytest.mark.process  # the launcher's fold jobs (its multirun starts them)
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
-def test_parallel_fold_jobs_give_the_sequential_result(launcher, tiny_run, tmp_path):
-    run_dir = tmp_path / "run"
-    run_cli(*tiny_overrides(tiny_run.parent / "data", run_dir, logger="wandb"), f"launcher={launcher}")
+def test_parallel_fold_jobs_give_the_sequential_result(launcher, joblib_fold_jobs, submitit_local_fold_jobs,
+                                                       tiny_run):
+    run_dir = {"joblib": joblib_fold_jobs, "submitit_local": submitit_local_fold_jobs}[launcher]
     oof, reference = pd.read_csv(run_dir / "oof.csv"), pd.read_csv(tiny_run / "oof.csv")
     assert oof["id"].tolist() == reference["id"].tolist()
     np.testing.assert_allclose(oof["pred"], reference["pred"], atol=1e-5)
@@ -47,28 +67,27 @@ def test_collect_rebuilds_a_run_and_names_the_unfinished_folds(tiny_run, tmp_pat
     shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
     for name in ("oof.csv", "metrics.json", "submission.csv"):
         (run_dir / name).unlink()
-    run_cli("collect", str(run_dir), module="kfold_nlp.cli")
+    cli("collect", run_dir)
     for name in ("oof.csv", "submission.csv"):
         assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes()
     assert read_metrics(run_dir)["cv"]["rmse"] == read_metrics(tiny_run)["cv"]["rmse"]
 
     (run_dir / "fold_2" / "result.json").unlink()
-    proc = run_cli("collect", str(run_dir), module="kfold_nlp.cli", check=False)
+    proc = cli("collect", run_dir, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {run_dir}: fold(s) 2 not finished (no fold_<k>/result.json); "
                                    f"train them with RESUME={run_dir}")
 
 
-def test_the_fold_jobs_of_a_launcher_killed_outright_end_with_it(tiny_run, tmp_path):
-    """``kill -9`` of a ``launcher=joblib`` start while its fold jobs train (for as good as ever): its multirun
-    process and every worker that one started end soon after, the jobs through their SIGTERM line, and no fold of
-    the folder is left locked."""
-    run_dir, err = tmp_path / "run", tmp_path / "stderr"
-    overrides = [o if o != "trainer.epochs=1" else "trainer.epochs=100000"
-                 for o in tiny_overrides(tiny_run.parent / "data", run_dir)]
+@in_background
+def killed_launcher(folder: Path, data: Path) -> SimpleNamespace:
+    """``kill -9`` of a ``launcher=joblib`` start once its fold jobs train (for as good as ever): the jobs' pids,
+    those of the processes it had started still alive two minutes later, and the launcher's stderr."""
+    run_dir, err = folder / "run", folder / "stderr"
+    overrides = [o if o != "trainer.epochs=1" else "trainer.epochs=100000" for o in tiny_overrides(data, run_dir)]
     with err.open("wb") as stderr:
         launcher = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *overrides, "launcher=joblib"], cwd=ROOT,
-                                    stdout=subprocess.DEVNULL, stderr=stderr)
+                                    stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)
     started = []
     try:
         while len(list(run_dir.glob(f"fold_*/{lock.HOLDER}"))) < min(3, runtime.usable_cores()):  # jobs training
@@ -76,15 +95,26 @@ def test_the_fold_jobs_of_a_launcher_killed_outright_end_with_it(tiny_run, tmp_p
             time.sleep(0.5)
         started = psutil.Process(launcher.pid).children(recursive=True)
         jobs = {int(p.read_text()) for p in run_dir.glob(f"fold_*/{lock.HOLDER}")}
-        assert jobs <= {p.pid for p in started}
         launcher.kill()
         launcher.wait()
         _, alive = psutil.wait_procs(started, timeout=120)
-        assert not alive, [" ".join(p.cmdline()) for p in alive]
+        alive = [" ".join(p.cmdline()) for p in alive]
     finally:
         launcher.kill()
         for proc in started:
             if proc.is_running():
                 proc.kill()
-    assert err.read_text().count(f"terminated: finished folds are kept in {run_dir}") == len(jobs)
-    assert all(lock.is_free(fold) for fold in run_dir.glob("fold_*"))
+    return SimpleNamespace(run_dir=run_dir, jobs=jobs, started={p.pid for p in started}, alive=alive,
+                           stderr=err.read_text())
+
+
+@pytest.mark.process  # kill -9 of a launcher, and its jobs
+def test_the_fold_jobs_of_a_launcher_killed_outright_end_with_it(killed_launcher):
+    """``kill -9`` of a ``launcher=joblib`` start while its fold jobs train (for as good as ever): its multirun
+    process and every worker that one started end soon after, the jobs through their SIGTERM line, and no fold of
+    the folder is left locked."""
+    run = killed_launcher
+    assert run.jobs <= run.started
+    assert not run.alive, run.alive
+    assert run.stderr.count(f"terminated: finished folds are kept in {run.run_dir}") == len(run.jobs)
+    assert all(lock.is_free(fold) for fold in run.run_dir.glob("fold_*"))

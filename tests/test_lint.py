@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow  # every test here runs another process (see tests/test_tiers.py)
+pytestmark = pytest.mark.process  # ruff (see tests/test_tiers.py)
 
 
 def test_ruff_finds_nothing():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, read_metrics, run_cli
+from conftest import ROOT, cli, read_metrics
 from kfold_nlp.analysis import report
 from test_sweep import two_job_sweep  # noqa: F401  (the shared session fixture)
 
@@ -25,9 +25,9 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.process  # papermill's kernel
 def test_notebook_executes_headless_on_the_sweep_and_compares_both_jobs(two_job_sweep):
-    run_cli("report", str(two_job_sweep), module="kfold_nlp.cli")  # what `make notebook RUNS=<sweep>` runs
+    cli("report", two_job_sweep)  # what `make notebook RUNS=<sweep>` runs
     html = (two_job_sweep / "oof_analysis.html").read_text()
     nb = nbformat.read(two_job_sweep / "oof_analysis.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
@@ -77,7 +77,7 @@ def test_bagged_vs_single_fold_rmse_where_test_labels_exist(two_job_sweep, tmp_p
     labelled = test.assign(target=np.linspace(-2, 1, len(test)))
     labelled.to_csv(tmp_path / "test.csv", index=False)
     cfg.data.test_path = str(tmp_path / "test.csv")
-    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    OmegaConf.save(cfg, run / "run_config.yaml")
     table = report.bagging_table(run)
     bagged = pd.read_csv(run / "submission.csv")["target"]
     assert table.index.tolist() == ["fold 0", "fold 1", "bagged"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -21,14 +22,26 @@ from kfold_nlp.errors import DataError
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
-@pytest.fixture
-def held_run(tmp_path):
-    overrides = [o for o in tiny_overrides(tmp_path / "data", tmp_path) if not o.startswith("hydra.")]
+@pytest.fixture(scope="module")
+def held_run_as_trained(tmp_path_factory):
+    """A tiny run with a holdout, trained once for the module; each test gets a copy."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)  # accelerate's state is process-wide: start from none, as a run does
+    GradientState._reset_state()
+    base = tmp_path_factory.mktemp("held")
+    overrides = [o for o in tiny_overrides(base / "data", base) if not o.startswith("hydra.")]
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", [*overrides, "name=test", "cv.holdout=0.25", "trainer.epochs=2",
                                  "trainer.precision=fp32"])
-    run_cv(cfg, tmp_path / "run")
-    return tmp_path / "run"
+    run_cv(cfg, base / "run")
+    return base / "run"
+
+
+@pytest.fixture
+def held_run(held_run_as_trained, tmp_path):
+    """A copy of the module's run (its data stays where the run's config says), for a test to refit or damage."""
+    return shutil.copytree(held_run_as_trained, tmp_path / "run")
 
 
 def test_the_refit_trains_on_every_training_row_for_the_stated_steps(held_run, monkeypatch):
@@ -53,9 +66,9 @@ def test_the_refit_trains_on_every_training_row_for_the_stated_steps(held_run, m
     assert (held_run / "refit" / "model.safetensors").is_file() and not (held_run / "refit" / "snapshot").exists()
 
 
-def test_models_all_bags_the_fold_models_and_the_refit_each_once(held_run):
+def test_models_all_bags_the_fold_models_and_the_refit_each_once(held_run, held_run_as_trained):
     refit_module.refit(held_run)
-    test_csv = held_run.parent / "data" / "test.csv"
+    test_csv = held_run_as_trained.parent / "data" / "test.csv"
     cfg = predict.run_config(held_run)
     paths = predict.fold_models(held_run, cfg, "all")
     assert [p.parent.name for p in paths] == ["fold_0", "fold_1", "fold_2", "refit"]

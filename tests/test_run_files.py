@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import copy_run, run_cli
+from conftest import cli, copy_run
 from fake_runs import rows, write_run
 from kfold_nlp import predict
 from kfold_nlp.analysis import ensemble
@@ -126,14 +126,14 @@ def test_a_resume_refuses_a_cut_fold_file_and_its_advice_retrains_the_fold(tiny_
     before = results(run_dir)
     path, start, advice = damage(run_dir, "oof_cut_at_a_line")
     resume = [f"resume={run_dir}", "logger.mode=disabled"]
-    proc = run_cli(*resume, check=False)
+    proc = cli("cv", *resume, check=False)
     line = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert line == f"{start}; {advice}", line
     assert results(run_dir) == before
 
     (run_dir / "fold_1" / "result.json").unlink()
-    run_cli(*resume)
+    cli("cv", *resume)
     assert results(run_dir)["oof.csv"] == before["oof.csv"]
     assert results(run_dir)["submission.csv"] == before["submission.csv"]
 
@@ -143,7 +143,7 @@ def test_a_resume_refuses_a_cut_run_config(tiny_run, tmp_path):
     run_dir = copy_run(tiny_run, tmp_path / "run")
     before = results(run_dir)
     path, start, advice = damage(run_dir, "run_config_cut_at_a_line")
-    proc = run_cli(f"resume={run_dir}", check=False)
+    proc = cli("cv", f"resume={run_dir}", check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == f"{start}; {advice}", proc.stderr
     assert results(run_dir) == before
 
@@ -184,7 +184,7 @@ def test_a_run_folder_from_before_the_sub_package_layout_is_collected_and_predic
         text = "".join(line for line in text.splitlines(keepends=True)
                        if line.split(":")[0].strip() not in ("select", "also_select", "ema_decay", "swa_evals",
                                                               "holdout"))
-        assert "kfold_nlp.tasks." in text and "select:" not in text
+        assert "kfold_nlp.tasks." in text and "  select:" not in text
         path.write_text(text)
     for k in range(3):  # its folds recorded the digest of the run_config.yaml they were trained under: this one
         result = run_dir / f"fold_{k}" / "result.json"

@@ -8,14 +8,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import run_cli, tiny_overrides
+from conftest import cli, tiny_overrides
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.config.schema import OPTIMIZER, RULES, ConfigError, is_missing, regularizer_class, validate
+from kfold_nlp.cv.app import check_config
 from kfold_nlp.model.tasks import task_class
 from kfold_nlp.track.base import tracker_class
 
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir()
-                if p.is_dir() and p.name not in ("hydra", "hpo") and not p.name.startswith("."))
+                if p.is_dir() and p.name not in ("hydra", "hpo", "select") and not p.name.startswith("."))
 
 
 def config(*overrides: str):
@@ -124,7 +125,7 @@ BAD = {  # override -> the text the one line must carry
 @pytest.mark.parametrize("overrides", BAD)
 def test_a_bad_value_is_one_line_naming_key_value_and_range(overrides):
     with pytest.raises(ConfigError) as info:
-        validate(config(*overrides.split()), check_files=False)
+        check_config(config(*overrides.split()), check_files=False)
     message = str(info.value)
     assert "\n" not in message and message.startswith(BAD[overrides]), message
 
@@ -155,9 +156,9 @@ def test_paths_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"data.path=.*: is a folder"):
         validate(config(f"data.path={tmp_path}"))
     with pytest.raises(ConfigError, match=r"resume=.*nosuch: does not exist"):
-        validate(config(f"resume={tmp_path / 'nosuch'}"))
+        check_config(config(f"resume={tmp_path / 'nosuch'}"))
     with pytest.raises(ConfigError, match=r"resume=.*: not a run folder"):
-        validate(config(f"resume={tmp_path}"))
+        check_config(config(f"resume={tmp_path}"))
 
 
 def test_texts_are_truncated_to_max_length_from_its_smallest_valid_value(model_cfg):
@@ -165,7 +166,7 @@ def test_texts_are_truncated_to_max_length_from_its_smallest_valid_value(model_c
 
     tokenizer = load_tokenizer(model_cfg)
     smallest = tokenizer.num_special_tokens_to_add() + 1
-    validate(config(f"model.max_length={smallest}"), check_files=False)
+    check_config(config(f"model.max_length={smallest}"), check_files=False)
     texts = ["A long text " * 50, "Short.", "Two words"]
     for max_length in (smallest, smallest + 1, 16):
         lengths = [len(ids) for ids in tokenize(tokenizer, texts, max_length)["input_ids"]]
@@ -183,9 +184,9 @@ CLI = {  # through the real entry point: exit 2, one line, no run folder left be
 
 @pytest.mark.slow
 @pytest.mark.parametrize("override", CLI)
-def test_cli_refuses_with_one_line_and_leaves_no_folder(override, tiny_run, tmp_path):
+def test_cli_refuses_with_one_line_and_leaves_no_folder(override, tiny_data, tmp_path):
     run_dir = tmp_path / "outputs" / "run"
-    proc = run_cli(*tiny_overrides(tiny_run.parent / "data", run_dir), override, check=False)
+    proc = cli("cv", *tiny_overrides(tiny_data, run_dir), override, check=False)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith(f"error: {CLI[override]}"), proc.stderr
@@ -194,10 +195,10 @@ def test_cli_refuses_with_one_line_and_leaves_no_folder(override, tiny_run, tmp_
 
 
 @pytest.mark.slow
-def test_resume_of_a_folder_that_does_not_exist_is_refused(tiny_run, tmp_path):
+def test_resume_of_a_folder_that_does_not_exist_is_refused(tiny_data, tmp_path):
     typo = tmp_path / "outputs" / "rdrop" / "nosuch"
-    overrides = [o for o in tiny_overrides(tiny_run.parent / "data", typo) if not o.startswith("hydra.run.dir")]
-    proc = run_cli(*overrides, f"resume={typo}", check=False)
+    overrides = [o for o in tiny_overrides(tiny_data, typo) if not o.startswith("hydra.run.dir")]
+    proc = cli("cv", *overrides, f"resume={typo}", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: resume={typo}: does not exist"
     assert not typo.exists()  # Hydra created it for the run; nothing is left

@@ -1,22 +1,25 @@
 """The Optuna search (kfold_nlp.search): a study that survives a kill, trials pruned after a fold, parallel trials,
-a killed search's trial retried, the presets, the dashboard; the trials are real runs of the project's CLI."""
+a killed search's trial retried, the presets, the dashboard; the trials are real runs of the project's CLI (each
+in a process of its own: the search starts them), and so is each whole search here, in the background (conftest)."""
 
 from __future__ import annotations
 
 import json
 import math
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, read_metrics
+from conftest import ENV, ROOT, cli, in_background, read_metrics, run_process
 from kfold_nlp.errors import ConfigError, Exit
 from kfold_nlp.search import spec as specs
 from kfold_nlp.search.run import trial_config
@@ -38,13 +41,6 @@ def command(base: Path, preset: str, *args: str) -> list[str]:
             "hpo.study=test", *args]
 
 
-def search(base: Path, preset: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(command(base, preset, *args), cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 def load(base: Path) -> optuna.Study:
     return optuna.load_study(study_name="test", storage=f"sqlite:///{base / 'search' / 'study.db'}")
 
@@ -58,7 +54,7 @@ def assert_complete_trials_match_their_folders(study: optuna.Study) -> None:
         assert t.intermediate_values[3] == pytest.approx(t.value, rel=1e-9)  # the running CV ends at the CV
 
 
-def best_folder(proc: subprocess.CompletedProcess) -> Path:
+def best_folder(proc) -> Path:
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("best trial: ")]
     assert lines, proc.stderr[-2000:]
     return Path(lines[-1].removeprefix("best trial: "))
@@ -148,118 +144,165 @@ def test_the_dashboard_reads_the_study(tmp_path):
     assert [t["state"] for t in trials] == ["Waiting"]
 
 
-# ---- whole searches through the CLI ----
+# ---- whole searches through the CLI (each in a process of its own, started in the background: conftest) ----
 
-@pytest.mark.slow
-def test_a_trial_far_worse_at_fold_0_is_pruned_after_it(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'search' / 'study.db'}"
-    (tmp_path / "search").mkdir()
+def search_process(base: Path, preset: str, *args: str) -> SimpleNamespace:
+    """``kfold-nlp hpo`` in another process, into ``base``: (base, the finished process)."""
+    return SimpleNamespace(base=base, proc=run_process(*command(base, preset, *args)[3:], env=ENV))
+
+
+@in_background
+def pruning_search(base: Path, data: Path) -> SimpleNamespace:
+    """A search of 2 queued trials into a storage the user named, the median pruner judging after 1 complete: the
+    second predicts about the mean, far worse from fold 0."""
+    storage = f"sqlite:///{base / 'search' / 'study.db'}"
+    (base / "search").mkdir()
     study = optuna.create_study(study_name="test", storage=storage)  # a storage the user named, trials queued
-    for alpha in (1.0, 1.5, 1000.0):  # the last predicts about the mean: far worse from fold 0
+    for alpha in (1.0, 1000.0):
         study.enqueue_trial({"model.estimator.alphas": alpha, "model.estimator.min_df": 2})
-    proc = search(tmp_path, "tfidf_ridge", "hpo.n_trials=3", "hpo.pruner.name=median", "hpo.pruner.n_startup_trials=2",
-                  f"hpo.storage={storage}")
-    study = load(tmp_path)
+    return search_process(base, "tfidf_ridge", "hpo.n_trials=2", "hpo.pruner.name=median",
+                          "hpo.pruner.n_startup_trials=1", f"hpo.storage={storage}")
+
+
+@pytest.mark.process  # the search and its trials
+def test_a_trial_far_worse_at_fold_0_is_pruned_after_it(pruning_search):
+    base, proc = pruning_search.base, pruning_search.proc
+    study = load(base)
     states = [t.state for t in study.trials]
-    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
-    pruned = study.trials[2]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED]
+    pruned = study.trials[1]
     assert list(pruned.intermediate_values) == [1]  # reported fold 0, then stopped
-    assert pruned.intermediate_values[1] > 1.5 * max(t.intermediate_values[1] for t in study.trials[:2])
+    assert pruned.intermediate_values[1] > 1.5 * max(t.intermediate_values[1] for t in study.trials[:1])
     run_dir = Path(pruned.user_attrs["run_dir"])
     assert (run_dir / "fold_0" / "result.json").exists() and not (run_dir / "fold_1" / "result.json").exists()
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "oof.csv").exists()  # no CV claimed
     marker = json.loads((run_dir / "pruned.json").read_text())
     assert marker["folds_done"] == 1 and marker["running_cv_rmse"] == pytest.approx(pruned.intermediate_values[1])
-    rows = pd.read_csv(tmp_path / "search" / "sweep.csv", dtype={"job": str}).set_index("job")
-    assert rows.loc["2", "status"] == "pruned" and math.isnan(rows.loc["2", "cv_rmse"])
-    assert list(rows.loc[["0", "1"], "status"]) == ["ok", "ok"]
+    rows = pd.read_csv(base / "search" / "sweep.csv", dtype={"job": str}).set_index("job")
+    assert rows.loc["1", "status"] == "pruned" and math.isnan(rows.loc["1", "cv_rmse"])
+    assert list(rows.loc[["0"], "status"]) == ["ok"]
     assert_complete_trials_match_their_folders(study)
     best = best_folder(proc)
     assert best == Path(study.best_trial.user_attrs["run_dir"]) and (best / "metrics.json").exists()
-    assert "trial 2 (2 of 3 finished): pruned after 1 of 3 folds" in proc.stderr
+    assert "trial 1 (1 of 2 finished): pruned after 1 of 3 folds" in proc.stderr
 
 
-@pytest.mark.slow
-def test_a_search_killed_after_trial_2_of_4_resumes_to_4_trials(tmp_path):
-    """SIGTERM while the third trial trains: that trial is queued again and, on the next start, continues in its
-    folder with its finished fold kept; the study ends with 4 complete trials in the one storage."""
-    cmd = command(tmp_path, "baseline", *TINY, "hpo.n_trials=4", "hpo.pruner.name=none")
-    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    kept = tmp_path / "search" / "2" / "fold_0" / "result.json"
-    deadline = time.time() + 600
-    while not kept.exists():
-        assert first.poll() is None and time.time() < deadline, first.communicate()
-        time.sleep(0.1)
-    first.send_signal(signal.SIGTERM)
-    out, err = first.communicate(timeout=120)
-    assert first.returncode == Exit.TERMINATED, err[-3000:]
-    assert "stopped: 2 of 4 finished; continue with the same command" in err
-    study = load(tmp_path)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.WAITING]
-    assert not (tmp_path / "search" / "2" / "metrics.json").exists()
-    kept_at = kept.stat().st_mtime_ns
+@in_background
+def stopped_search(base: Path, data: Path) -> SimpleNamespace:
+    """A search of one trial sent SIGTERM while the trial trains (after its fold 0), then started again: the first
+    start's exit status and stderr, the study then, fold 0's result's mtime; the second start."""
+    kept = base / "search" / "0" / "fold_0" / "result.json"
+    first = subprocess.Popen(command(base, "baseline", *TINY, "hpo.n_trials=1", "hpo.pruner.name=none"), cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.time() + 600
+        while not kept.exists():
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.1)
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+        first.wait()
+    states = [t.state for t in load(base).trials]
+    stopped = SimpleNamespace(returncode=first.returncode, stderr=err, states=states,
+                              metrics=(base / "search" / "0" / "metrics.json").exists(),
+                              kept_at=kept.stat().st_mtime_ns)
+    again = search_process(base, "baseline", *TINY, "hpo.n_trials=1", "hpo.pruner.name=none")
+    return SimpleNamespace(base=base, kept=kept, stopped=stopped, proc=again.proc)
 
-    proc = search(tmp_path, "baseline", *TINY, "hpo.n_trials=4", "hpo.pruner.name=none")
-    study = load(tmp_path)
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
-    retried = study.trials[3]
-    assert retried.user_attrs["retry_of"] == 2 and retried.params == study.trials[2].params
-    assert retried.user_attrs["run_dir"] == study.trials[2].user_attrs["run_dir"]  # continued in its folder
-    assert kept.stat().st_mtime_ns == kept_at  # fold 0 kept, not trained again
+
+@pytest.mark.process  # SIGTERM to a search, and the trials
+def test_a_search_stopped_mid_trial_resumes_it_in_its_folder(stopped_search):
+    """SIGTERM while the trial trains (after its fold 0): it is queued again and, on the next start, continues in
+    its folder with its finished fold kept; the study ends with its trials complete in the one storage."""
+    first, base = stopped_search.stopped, stopped_search.base
+    assert first.returncode == Exit.TERMINATED, first.stderr[-3000:]
+    assert "stopped: 0 of 1 finished; continue with the same command" in first.stderr
+    assert first.states == [TrialState.FAIL, TrialState.WAITING]
+    assert not first.metrics
+
+    study = load(base)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 1
+    retried = study.trials[1]
+    assert retried.user_attrs["retry_of"] == 0 and retried.params == study.trials[0].params
+    assert retried.user_attrs["run_dir"] == study.trials[0].user_attrs["run_dir"]  # continued in its folder
+    assert stopped_search.kept.stat().st_mtime_ns == first.kept_at  # fold 0 kept, not trained again
     assert_complete_trials_match_their_folders(study)
-    assert best_folder(proc) == Path(study.best_trial.user_attrs["run_dir"])
+    assert best_folder(stopped_search.proc) == Path(study.best_trial.user_attrs["run_dir"])
 
 
-@pytest.mark.slow
-def test_parallel_trials_share_the_cores_and_the_study(tmp_path):
-    search(tmp_path, "tfidf_ridge", "hpo.n_trials=4", "hpo.n_jobs=2", "hpo.pruner.name=none")
-    study = load(tmp_path)
+@in_background
+def parallel_search(base: Path, data: Path) -> SimpleNamespace:
+    """2 trials, 2 at once."""
+    return search_process(base, "tfidf_ridge", "hpo.n_trials=2", "hpo.n_jobs=2", "hpo.pruner.name=none")
+
+
+@pytest.mark.process  # the search and its trials
+def test_parallel_trials_share_the_cores_and_the_study(parallel_search):
+    study = load(parallel_search.base)
     done = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(done) == 4 and len({t.user_attrs["run_dir"] for t in done}) == 4
+    assert len(done) == 2 and len({t.user_attrs["run_dir"] for t in done}) == 2
     first, second = sorted(done, key=lambda t: t.datetime_start)[:2]
     assert second.datetime_start < first.datetime_complete  # two trials at once
     assert_complete_trials_match_their_folders(study)
 
 
-@pytest.mark.slow
-def test_two_searches_sharing_one_storage_fill_one_study(tmp_path):
+@in_background
+def shared_storage_searches(base: Path, data: Path) -> SimpleNamespace:
+    """Two searches at once (two machines) into one storage, each with its own folder: a/ and b/."""
+    storage = f"sqlite:///{base / 'shared.db'}"
+    args = command(base, "tfidf_ridge", "hpo.n_trials=2", "hpo.pruner.name=none", f"hpo.storage={storage}")
+    both = [subprocess.Popen([*args, f"hpo.dir={base / side}"], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=ENV) for side in ("a", "b")]
+    errors = [proc.communicate(timeout=900)[1] for proc in both]
+    return SimpleNamespace(storage=storage, returncodes=[proc.returncode for proc in both], errors=errors)
+
+
+@pytest.mark.process  # two searches, and their trials
+def test_two_searches_sharing_one_storage_fill_one_study(shared_storage_searches):
     """What two machines do with one shared storage: each runs trials into its own folder, the study ends with
     n_trials finished (one more at most, when both finish at once), every trial's folder on its own side."""
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    both = [subprocess.Popen([*command(tmp_path, "tfidf_ridge", "hpo.n_trials=4", "hpo.pruner.name=none",
-                                       f"hpo.storage={storage}"), f"hpo.dir={tmp_path / side}"],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for side in ("a", "b")]
-    for proc in both:
-        out, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name="test", storage=storage)
+    run = shared_storage_searches
+    assert run.returncodes == [0, 0], run.errors[0][-3000:] + run.errors[1][-3000:]
+    study = optuna.load_study(study_name="test", storage=run.storage)
     done = study.get_trials(states=(TrialState.COMPLETE,))
-    assert 4 <= len(done) <= 5 and {Path(t.user_attrs["run_dir"]).parent.name for t in done} == {"a", "b"}
+    assert 2 <= len(done) <= 3 and {Path(t.user_attrs["run_dir"]).parent.name for t in done} == {"a", "b"}
     assert_complete_trials_match_their_folders(study)
 
 
-@pytest.mark.slow
-def test_a_trial_left_running_by_a_killed_search_is_retried(tmp_path):
-    """``kill -9`` of a search leaves its trial RUNNING: once its heartbeat is older than the grace period, the next
-    start fails it and runs its parameters again."""
+@in_background
+def orphaned_trial_search(base: Path, data: Path) -> SimpleNamespace:
+    """A study whose trial a killed search left RUNNING (its heartbeat a minute old), then a search of 1 trial."""
     search_spec = specs.load("tfidf_ridge", ["hpo.study=test", "hpo.heartbeat_s=1"])
-    study = open_study(search_spec, tmp_path / "search", {
-        "overrides": sorted(["model=tfidf_ridge", *data_overrides(tmp_path)]), "params": search_spec.params})
+    study = open_study(search_spec, base / "search", {
+        "overrides": sorted(["model=tfidf_ridge", *data_overrides(base)]), "params": search_spec.params})
     orphan = study.ask()
     params = {p.key: p.suggest(orphan) for p in specs.space(search_spec.params)}
-    study._storage.record_heartbeat(orphan._trial_id)  # what the killed search's heartbeat thread last wrote
-    time.sleep(5)  # > 4 heartbeats
-    search(tmp_path, "tfidf_ridge", "hpo.n_trials=1", "hpo.heartbeat_s=1", "hpo.pruner.name=none")
-    study = load(tmp_path)
+    study._storage.record_heartbeat(orphan._trial_id)  # what the killed search's heartbeat thread last wrote,
+    db = sqlite3.connect(base / "search" / "study.db")  # a minute ago (> 4 heartbeats): no wait here
+    with db:
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-60 seconds') WHERE trial_id = ?",
+                   (orphan._trial_id,))
+    db.close()
+    search_process(base, "tfidf_ridge", "hpo.n_trials=1", "hpo.heartbeat_s=1", "hpo.pruner.name=none")
+    return SimpleNamespace(base=base, params=params)
+
+
+@pytest.mark.process  # the search and its trial
+def test_a_trial_left_running_by_a_killed_search_is_retried(orphaned_trial_search):
+    """``kill -9`` of a search leaves its trial RUNNING: once its heartbeat is older than the grace period, the next
+    start fails it and runs its parameters again."""
+    study = load(orphaned_trial_search.base)
     assert study.trials[0].state == TrialState.FAIL
     retried = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(retried) == 1 and retried[0].user_attrs["retry_of"] == 0 and retried[0].params == params
+    assert len(retried) == 1 and retried[0].user_attrs["retry_of"] == 0
+    assert retried[0].params == orphaned_trial_search.params
 
 
 @pytest.mark.slow
 def test_bad_trial_overrides_are_one_line_before_any_trial(tmp_path):
-    proc = search(tmp_path, "tfidf_ridge", "cv.n_splitz=3", check=False)
+    proc = cli(*command(tmp_path, "tfidf_ridge", "cv.n_splitz=3")[3:], check=False)  # refused: no trial starts
     assert proc.returncode == Exit.BAD_INPUT and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert proc.stderr.startswith("error: ") and "cv.n_splitz" in proc.stderr
     assert not (tmp_path / "search").exists()

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from fake_runs import rows, write_run
+from kfold_nlp import metrics
 from kfold_nlp.analysis import stats
 from kfold_nlp.analysis.summary import collect, compare_table, seed_table, sweep_table, write_compare, write_sweep
 
@@ -52,7 +53,7 @@ def test_one_draw_of_resamples_serves_every_column_and_equals_resampling_row_by_
     and a matrix product of those counts gives each resample's RMSE exactly as drawing its rows one by one would."""
     f, pred = oof
     draws, draw = [], stats.resample_counts
-    monkeypatch.setattr(stats, "resample_counts", lambda *a, **k: draws.append(a) or draw(*a, **k))
+    monkeypatch.setattr(metrics, "resample_counts", lambda *a, **k: draws.append(a) or draw(*a, **k))
     intervals = stats.compare_columns(f["target"], f["fold"], pred, {"b": pred + 0.01, "c": pred - 0.02}, n_boot=200)
     assert len(draws) == 1 and set(intervals) == {"b", "c"}
     counts = draw(f["fold"], n_boot=50)

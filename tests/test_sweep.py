@@ -1,42 +1,44 @@
-"""Hydra multirun sweeps through the real CLI: a complete run folder per job, the sweep summary, W&B runs per job,
-a failing job, the joblib / submitit launchers; and the summary tables on hand-made run folders (the Optuna search:
-test_search.py)."""
+"""Hydra multirun sweeps through the real CLI (in this process; the joblib and submitit launchers' jobs in their own):
+a complete run folder per job, the sweep summary, W&B runs per job, a failing job, the launchers; and the summary
+tables on hand-made run folders (the Optuna search: test_search.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, read_metrics, run_cli, tiny_overrides, wandb_runs
+from conftest import ENV, ROOT, cli, in_background, leet, read_metrics, run_process, tiny_overrides, wandb_runs
 from kfold_nlp.analysis.summary import collect, seed_table, sweep_table, write_compare, write_sweep
 
 RUN_FILES = ["metrics.json", "oof.csv", "folds.csv", "submission.csv", "fold_0/oof.csv", "fold_1/result.json"]
 
 
-def sweep(base: Path, *args: str, logger: str = "none", check: bool = True):
-    """A tiny multirun (2 folds) into ``base/sweep``; returns (sweep folder, process)."""
+def sweep_args(base: Path, *args: str, logger: str = "none") -> list[str]:
+    """A tiny multirun (2 folds) into ``base/sweep``."""
     over = [o if not o.startswith("cv.n_splits") else "cv.n_splits=2"
             for o in tiny_overrides(base / "data", base / "unused", logger=logger)]
     if any(a.startswith("regularizer=") for a in args):  # the sweep's own regularizer
         over = [o for o in over if not o.startswith("regularizer=")]
-    proc = run_cli("-m", *over, f"hydra.sweep.dir={base / 'sweep'}", *args, check=check)
-    return base / "sweep", proc
+    return ["cv", "-m", *over, f"hydra.sweep.dir={base / 'sweep'}", *args]
+
+
+def sweep(base: Path, *args: str, logger: str = "none", check: bool = True):
+    """The tiny multirun in this process; returns (sweep folder, what it printed)."""
+    return base / "sweep", cli(*sweep_args(base, *args, logger=logger), check=check)
 
 
 def wandb_states(job_dir: Path) -> list[tuple]:
-    """(name, state, exit code) of each offline W&B run: one ``wandb leet inspect`` call per run (grouping is in the
+    """(name, state, exit code) of each offline W&B run: one ``leet`` call per run (grouping is in the
     name, ``<group>-fold<k>``; the full check with conftest.wandb_runs is done once, on the basic sweep)."""
-    wandb = str(Path(sys.executable).with_name("wandb"))
     out = []
     for path in sorted((job_dir / "wandb").glob("offline-run-*")):
-        info = json.loads(subprocess.run([wandb, "leet", "inspect", "--summary", "--json", str(path)],
-                                         capture_output=True, text=True, check=True).stdout)
+        proc = leet(path, "--summary", "--json")
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout)
         out.append((info["name"], info["state"], info["exit_code"]))
     return sorted(out)
 
@@ -112,11 +114,25 @@ def test_failing_job_is_marked_failed_and_the_sweep_goes_on(tmp_path):
     assert {state for _, state, _ in wandb_states(sweep_dir / "1")} == {"finished"}
 
 
-@pytest.mark.slow
-def test_joblib_launcher_runs_jobs_in_parallel_workers_with_offline_wandb(tmp_path, two_job_sweep):
+@in_background
+def joblib_sweep(base: Path, data: Path) -> Path:
+    """``regularizer=baseline,msd`` with the joblib launcher (2 workers) and offline W&B."""
+    run_process(*sweep_args(base, "regularizer=baseline,msd", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                            logger="wandb"), env=ENV)
+    return base / "sweep"
+
+
+@in_background
+def submitit_sweep(base: Path, data: Path) -> Path:
+    """``regularizer=baseline,msd`` with the submitit_local launcher."""
+    run_process(*sweep_args(base, "regularizer=baseline,msd", "hydra/launcher=submitit_local"), env=ENV)
+    return base / "sweep"
+
+
+@pytest.mark.process  # the launcher's jobs
+def test_joblib_launcher_runs_jobs_in_parallel_workers_with_offline_wandb(joblib_sweep, two_job_sweep):
     # hydra issue 1320: W&B inside loky workers; offline mode writes real run files there.
-    sweep_dir, _ = sweep(tmp_path, "regularizer=baseline,msd", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                         logger="wandb")
+    sweep_dir = joblib_sweep
     rows = assert_complete_sweep(sweep_dir, 2).set_index("job")
     basic = summary_rows(two_job_sweep).set_index("job")
     expected = basic.loc[["0", "1"], "cv_rmse"].tolist()
@@ -126,9 +142,9 @@ def test_joblib_launcher_runs_jobs_in_parallel_workers_with_offline_wandb(tmp_pa
         assert wandb_states(sweep_dir / job) == [(f"{group}-{k}", "finished", 0) for k in ("cv", "fold0", "fold1")]
 
 
-@pytest.mark.slow
-def test_submitit_local_launcher(tmp_path):
-    sweep_dir, _ = sweep(tmp_path, "regularizer=baseline,msd", "hydra/launcher=submitit_local")
+@pytest.mark.process  # the launcher's jobs
+def test_submitit_local_launcher(submitit_sweep):
+    sweep_dir = submitit_sweep
     assert_complete_sweep(sweep_dir, 2)
     assert list((sweep_dir / ".submitit").glob("*/*_result.pkl"))
 
@@ -142,7 +158,7 @@ def test_slurm_preset_composes_for_a_gpu_cluster():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1 and launcher.timeout_min >= 60
     assert launcher.partition and launcher.cpus_per_task >= 1
-    assert cfg.hydra.callbacks.sweep_summary._target_ == "kfold_nlp.cv.callbacks.SweepSummary"
+    assert cfg.hydra.callbacks.sweep_summary._target_ == "kfold_nlp.analysis.callbacks.SweepSummary"
 
 
 # ---- summary tables on hand-made run folders (no training) ----
@@ -152,6 +168,13 @@ def fake_run(folder: Path, overrides: list[str], rmse: float | None, name: str =
     seed = int(next((o.split("=")[1] for o in overrides if o.startswith("seed=")), 0))
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
         {"name": name, "seed": seed, "regularizer": {"_target_": f"kfold_nlp.regularizers.{name}.X"}}))
+    from omegaconf import OmegaConf
+
+    from fake_runs import saved_config
+
+    OmegaConf.save(saved_config({"name": name, "seed": seed,
+                                 "regularizer": {"_target_": f"kfold_nlp.regularizers.{name}.X"}}),
+                   folder / "run_config.yaml")
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     if rmse is not None:
         cv = {"mse": rmse**2, "rmse": rmse, "fold_mse_mean": rmse**2, "fold_mse_sd": 0.01, "fold_rmse_mean": rmse,
@@ -204,7 +227,7 @@ def test_compare_table_still_has_one_column_per_experiment(tmp_path):
 def test_sweep_summary_and_the_end_of_a_sweep_name_the_folder_of_the_best_trial(tmp_path, caplog):
     from omegaconf import OmegaConf
 
-    from kfold_nlp.cv.callbacks import SweepSummary
+    from kfold_nlp.analysis.callbacks import SweepSummary
 
     for job, (lr, rmse) in enumerate([("1e-5", 0.6), ("3e-5", 0.5), ("5e-5", 0.7)]):
         fake_run(tmp_path / str(job), ["regularizer=rdrop", f"optimizer.lr={lr}"], rmse, status="ok")
@@ -214,6 +237,6 @@ def test_sweep_summary_and_the_end_of_a_sweep_name_the_folder_of_the_best_trial(
     jobs = write_sweep(tmp_path).set_index("job")
     assert jobs.loc["4", "status"] == "pruned" and pd.isna(jobs.loc["4", "cv_rmse"])  # no CV for a pruned trial
     assert line in (tmp_path / "sweep.md").read_text()
-    with caplog.at_level("INFO", logger="kfold_nlp.cv.callbacks"):
+    with caplog.at_level("INFO", logger="kfold_nlp.analysis.callbacks"):
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert caplog.messages[-1] == line  # the last line a sweep prints

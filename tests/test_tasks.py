@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import save_model
 
-from conftest import TEXTS, read_metrics, run_cli, tiny_overrides
+from conftest import TEXTS, cli, read_metrics, tiny_overrides
 from kfold_nlp import predict as predict_module
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.config.schema import ConfigError, validate
@@ -175,8 +175,8 @@ def test_a_data_set_without_standard_error_is_refused_with_one_line(tiny_train, 
     path = tmp_path / "train.csv"
     tiny_train.drop(columns="standard_error").to_csv(path, index=False)
     run_dir = tmp_path / "run"
-    proc = run_cli("model=tiny", f"data.path={path}", "data.generate=null", "cv.n_splits=3", "task=gaussian",
-                   "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
+    proc = cli("cv", "model=tiny", f"data.path={path}", "data.generate=null", "cv.n_splits=3", "task=gaussian",
+               "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [f"error: {path}: no 'standard_error' column, which task=gaussian needs (use task=single)"]
@@ -192,8 +192,8 @@ def test_a_negative_or_infinite_standard_error_is_refused_naming_file_row_and_co
     tiny_train.astype({"standard_error": str}).assign(
         standard_error=lambda t: t["standard_error"].mask(t.index == 4, se)).to_csv(path, index=False)
     run_dir = tmp_path / "run"
-    proc = run_cli("model=tiny", f"data.path={path}", "data.generate=null", "cv.n_splits=3", "task=gaussian",
-                   "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
+    proc = cli("cv", "model=tiny", f"data.path={path}", "data.generate=null", "cv.n_splits=3", "task=gaussian",
+               "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [f"error: {path}: negative or infinite 'standard_error' (task=gaussian needs a finite value "
@@ -201,7 +201,6 @@ def test_a_negative_or_infinite_standard_error_is_refused_naming_file_row_and_co
     assert not run_dir.exists()
 
 
-@pytest.mark.slow
 def test_a_zero_standard_error_is_accepted(tiny_train):
     from kfold_nlp.model.tasks import check_columns
 
@@ -228,12 +227,12 @@ CLI_RUNS = {  # every new choice, each composed with another regularizer or task
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CLI_RUNS)
-def test_new_choices_run_end_to_end_through_the_cli(name, tiny_run, tmp_path):
+def test_new_choices_run_end_to_end_through_the_cli(name, tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    overrides = [o for o in tiny_overrides(tiny_run.parent / "data", run_dir) if not o.startswith("logger")]
+    overrides = [o for o in tiny_overrides(tiny_data, run_dir) if not o.startswith("logger")]
     if "logger=csv" not in CLI_RUNS[name]:
         overrides.append("logger=none")
-    run_cli(*overrides, "cv.folds=[0]", *CLI_RUNS[name])
+    cli("cv", *overrides, "cv.folds=[0]", *CLI_RUNS[name])
     oof = pd.read_csv(run_dir / "oof.csv")
     assert list(oof.columns) == ["id", "fold", "target", "pred"] and oof["pred"].notna().all()
     assert math.isfinite(read_metrics(run_dir)["cv"]["rmse"])
@@ -241,8 +240,7 @@ def test_new_choices_run_end_to_end_through_the_cli(name, tiny_run, tmp_path):
     assert list(sub.columns) == ["id", "target"]
     if name.startswith("multitask"):
         out = tmp_path / "pred.csv"  # make predict on a two-output run: the target column, as bagged
-        run_cli("predict", str(run_dir), str(tiny_run.parent / "data" / "test.csv"), "--out", str(out),
-            module="kfold_nlp.cli")
+        cli("predict", run_dir, tiny_data / "test.csv", "--out", out)
         np.testing.assert_allclose(pd.read_csv(out)["target"], sub["target"], atol=1e-5)
         logged = pd.read_csv(run_dir / "csv" / "rdrop-fold0" / "metrics.csv").groupby("step")["metric"].agg(set)
         logged = [m for m in logged if "train/mtl_logvar_se" in m]

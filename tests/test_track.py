@@ -132,7 +132,7 @@ def test_only_the_wandb_tracker_imports_wandb():
     assert importers == {"track/wandb.py"}
 
 
-@pytest.mark.slow
+@pytest.mark.process  # a fresh interpreter's imports (this one has wandb loaded)
 def test_importing_the_runner_does_not_import_wandb():
     code = ("import sys, kfold_nlp.cv.run, kfold_nlp.cv.launch, kfold_nlp.cv.collect, kfold_nlp.analysis.ensemble, "
             "kfold_nlp.track.wandb; print('wandb' in sys.modules)")

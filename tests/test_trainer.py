@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -217,24 +215,25 @@ def test_a_fold_continued_from_a_mid_epoch_snapshot_ends_like_an_uninterrupted_o
         torch.testing.assert_close(params[name], value, atol=0, rtol=0)
 
 
-@pytest.mark.slow
+@pytest.mark.process  # glibc's malloc settings are the process's: this one's are set by the runs before
 def test_keep_freed_memory_stops_the_page_faults_of_reallocating_a_big_tensor():
     """A 64 MiB tensor freed and allocated again, 8 times: glibc unmaps it and the kernel faults in 16k fresh pages
-    each time; with the setting the memory stays in the process and is reused."""
+    each time; with the setting the memory stays in the process and is reused. One fresh process: first with
+    ``KFOLD_NLP_KEEP_FREED_MEMORY=0`` (the setting refused), then with ``=1``."""
     import subprocess
     import sys
 
-    script = ("import resource, torch\nfrom kfold_nlp.train.runtime import keep_freed_memory\n"
-              "print(keep_freed_memory())\n"
-              "torch.ones(2**24)\ntorch.ones(2**24)\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-              "for _ in range(8): torch.ones(2**24)\n"
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
-    faults = {}
-    for keep in ("0", "1"):
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                             env=os.environ | {"KFOLD_NLP_KEEP_FREED_MEMORY": keep}).stdout.split()
-        assert out[0] == ("True" if keep == "1" else "False")
-        faults[keep] = int(out[1])
+    script = ("import os, resource, torch\nfrom kfold_nlp.train.runtime import keep_freed_memory\n"
+              "def faults():\n"
+              "    torch.ones(2**24)\n    torch.ones(2**24)\n"
+              "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+              "    for _ in range(8): torch.ones(2**24)\n"
+              "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+              "os.environ['KFOLD_NLP_KEEP_FREED_MEMORY'] = '0'\nprint(keep_freed_memory(), faults())\n"
+              "os.environ['KFOLD_NLP_KEEP_FREED_MEMORY'] = '1'\nprint(keep_freed_memory(), faults())")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False" and out[2] == "True"
+    faults = {"0": int(out[1]), "1": int(out[3])}
     if faults["0"] < 8 * 2**14 / 2:
         pytest.skip(f"this kernel backs the allocations with huge pages already ({faults['0']} faults)")
     assert faults["1"] < faults["0"] / 4, faults  # plain: every allocation faults; kept: at most the first

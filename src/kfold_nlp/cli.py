@@ -17,9 +17,9 @@ COMMANDS = {
     "predict": ("kfold_nlp.predict", "bagged predictions of a run's fold models: kfold-nlp predict RUN [INPUT]"),
     "refit": ("kfold_nlp.cv.refit", "one more model on every training row of a run: kfold-nlp refit RUN"),
     "export": ("kfold_nlp.bundle.export", "a run as an offline inference bundle: kfold-nlp export RUN [--out DIR]"),
-    "collect": ("kfold_nlp.cv.collect", "rebuild a run's oof.csv, submission.csv, metrics.json: kfold-nlp collect RUN"),
-    "compare": ("kfold_nlp.analysis.summary", "the compare table of a folder of runs: kfold-nlp compare FOLDER"),
-    "sweep": ("kfold_nlp.analysis.summary", "the sweep table of a multirun folder: kfold-nlp sweep FOLDER"),
+    "collect": ("kfold_nlp.cv.collect", "rebuild a run's OOF, submission and metrics files: kfold-nlp collect RUN"),
+    "compare": ("kfold_nlp.analysis.compare", "the compare table of a folder of runs: kfold-nlp compare FOLDER"),
+    "sweep": ("kfold_nlp.analysis.sweep", "the sweep table of a multirun folder: kfold-nlp sweep FOLDER"),
     "hpo": ("kfold_nlp.search.run", "an Optuna search of the CV RMSE, resumable and pruned: kfold-nlp hpo rdrop ..."),
     "ensemble": ("kfold_nlp.analysis.ensemble", "blend runs on the same folds: kfold-nlp ensemble RUN RUN ..."),
     "report": ("kfold_nlp.analysis.report", "the OOF analysis notebook as HTML: kfold-nlp report RUN ..."),
@@ -45,9 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(COMMANDS[command][0])
     if command == "cv":  # Hydra reads the command line itself
         sys.argv = [f"{sys.argv[0]} cv", *rest]
-        module.main()
-    elif command in ("compare", "sweep"):
-        module.main([command, *rest])
+        module.run()
     else:
         module.main(rest)
 

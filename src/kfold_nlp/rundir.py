@@ -1,14 +1,16 @@
-"""A run folder's layout and the readers of what a run wrote: where each fold lives, which folds are finished, the
-run's own config (older ones brought up to date), and one reader per kind of file, each checking what it reads (it
-parses, has its keys or columns and rows, the values are finite, the ids are the expected ones) and raising
-``DataError`` naming the file and what to do. A damaged file is one line, never a traceback or a silently wrong
-score."""
+"""The run folder's owner: every file name in it, where each fold lives, which folds are finished, the run's own
+config (older ones brought up to date), the ``latest`` links, and one reader per kind of file, each checking what
+it reads (it parses, has its keys or columns and rows, the values are finite, the ids are the expected ones) and
+raising ``DataError`` naming the file and what to do. A damaged file is one line, never a traceback or a silently
+wrong score. No other module spells a run file's name (tests/test_run_files.py checks)."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +20,293 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import DataError
-
-# Keys added after runs were made, with the value that gives what those runs did: an older run_config.yaml gets them.
-ADDED_KEYS = {"trainer.select": "best", "trainer.also_select": [], "trainer.ema_decay": 0.98, "trainer.swa_evals": 4,
-              "cv.holdout": None}
-# Classes that moved: an older run_config.yaml names them where they were.
-MOVED = {"kfold_nlp.tasks.": "kfold_nlp.model.tasks.", "kfold_nlp.regularizers.": "kfold_nlp.model.regularizers."}
+from .files import write_json
 
 
-REFIT = "refit"  # <run>/refit/: the model ``make refit`` trained on every training row
+class FoldDir:
+    """``fold_<k>/`` (or ``refit/``): a fold's model, its predictions and, written last, ``result.json``."""
+
+    RESULT, MODEL, JOBLIB, OOF, HOLDOUT, TEST, SOFT = ("result.json", "model.safetensors", "model.joblib", "oof.csv",
+                                                       "holdout_pred.csv", "test_pred.csv", "soft_targets.csv")
+
+    def __init__(self, path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"FoldDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def result(self) -> Path:
+        return self.path / self.RESULT
+
+    @property
+    def model(self) -> Path:
+        return self.path / self.MODEL
+
+    @property
+    def joblib(self) -> Path:
+        """A scikit-learn member's fitted pipeline (instead of ``model.safetensors``)."""
+        return self.path / self.JOBLIB
+
+    @property
+    def oof(self) -> Path:
+        return self.path / self.OOF
+
+    @property
+    def holdout_pred(self) -> Path:
+        return self.path / self.HOLDOUT
+
+    @property
+    def test_pred(self) -> Path:
+        return self.path / self.TEST
+
+    @property
+    def soft_targets(self) -> Path:
+        return self.path / self.SOFT
+
+    def finished(self) -> bool:
+        """The one definition of a finished fold: its ``result.json`` exists (it is written last)."""
+        return self.result.exists()
+
+    def read_result(self) -> dict:
+        return read_result(self.result)
+
+    def write(self, result: dict, *, model_writer=None, model_file: str | None = None,
+              tables: dict[str, pd.DataFrame] | None = None) -> None:
+        """Write the fold's files, ``result.json`` last (what makes the fold finished): ``model_writer(path)``
+        writes the model to ``model_file`` (default ``model.safetensors``) atomically; ``tables`` maps
+        ``oof``/``holdout_pred``/``test_pred`` to their tables."""
+        from .files import atomic_path, write_csv
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        if model_writer is not None:
+            with atomic_path(self.path / (model_file or self.MODEL)) as tmp:
+                model_writer(tmp)
+        for key, table in (tables or {}).items():
+            write_csv(table, getattr(self, key))
+        write_json(result, self.result)
+
+
+class RunDir:
+    """A run folder: ``run_config.yaml`` (what makes it one), ``folds.csv``, ``fingerprint.json``, ``fold_<k>/``,
+    and once collected ``oof.csv``, ``submission.csv``, ``metrics.json`` (and ``holdout.csv``)."""
+
+    CONFIG, FOLDS, FINGERPRINT = "run_config.yaml", "folds.csv", "fingerprint.json"
+    METRICS, OOF, SUBMISSION, HOLDOUT = "metrics.json", "oof.csv", "submission.csv", "holdout.csv"
+    PREDICTIONS, REFIT, PRUNED, HYDRA, LOG = "predictions", "refit", "pruned.json", ".hydra", "run.log"
+    LATEST = "latest"
+
+    def __init__(self, path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def fold(self, k: int) -> FoldDir:
+        return FoldDir(self.path / f"fold_{k}")
+
+    @property
+    def refit(self) -> FoldDir:
+        return FoldDir(self.path / self.REFIT)
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.path / self.FOLDS
+
+    @property
+    def fingerprint(self) -> Path:
+        return self.path / self.FINGERPRINT
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def oof(self) -> Path:
+        return self.path / self.OOF
+
+    @property
+    def submission(self) -> Path:
+        return self.path / self.SUBMISSION
+
+    @property
+    def holdout(self) -> Path:
+        return self.path / self.HOLDOUT
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / self.PREDICTIONS
+
+    @property
+    def pruned(self) -> Path:
+        return self.path / self.PRUNED
+
+    @property
+    def hydra(self) -> Path:
+        return self.path / self.HYDRA
+
+    @property
+    def hydra_config(self) -> Path:
+        """Hydra's copy of a start's config (rewritten by every start; the run's own is ``run_config.yaml``)."""
+        return self.path / self.HYDRA / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.path / self.LOG
+
+    def is_run(self) -> bool:
+        """A run folder is one that ``prepare`` started: it holds ``run_config.yaml``."""
+        return self.config.is_file()
+
+    def is_collected(self) -> bool:
+        """Its results are collected: ``metrics.json`` exists (written last by collecting)."""
+        return self.metrics.is_file()
+
+    def finished(self, folds) -> list[int]:
+        return [k for k in folds if self.fold(k).finished()]
+
+    def unfinished(self, folds) -> list[int]:
+        return [k for k in folds if not self.fold(k).finished()]
+
+    def fold_dirs(self) -> list[FoldDir]:
+        """Every ``fold_<k>/`` present, in fold order."""
+        found = [p for p in self.path.glob("fold_*") if p.is_dir() and p.name[5:].isdigit()]
+        return [FoldDir(p) for p in sorted(found, key=lambda p: int(p.name[5:]))]
+
+    def read_config(self) -> DictConfig:
+        return read_run_config(self.path)
+
+    def read_metrics(self) -> dict:
+        return json.loads(self.metrics.read_text())
+
+    def is_stub(self, extra=()) -> bool:
+        """A folder holding only what Hydra (and the run lock, ``extra``) wrote at start-up: no result of ours."""
+        return self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {self.HYDRA, self.LOG, *extra}
+
+    def point_latest(self, data_name: str | None) -> None:
+        """``<experiment>/latest`` -> this folder (its real name, never the link itself), and ``latest-<data>`` ->
+        the newest on that data (``data.name``): what ``make predict``/``collect`` take by default, so that a run on
+        another data set never becomes theirs silently."""
+        run_dir = self.path.resolve()
+        for name in [self.LATEST, *([f"{self.LATEST}-{data_name}"] if data_name else [])]:
+            tmp = run_dir.parent / f".{name}.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(run_dir.name)
+            os.replace(tmp, run_dir.parent / name)
+
+    def remove(self) -> None:
+        """Remove the folder, and its parent when that is left empty."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.path.parent.is_dir() and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()
+
+    # What the analysis reads of a Hydra job's folder: its overrides (what tells a sweep's jobs apart), the run's
+    # name when it was saved unresolved, and the sweep callback's record of the job.
+    JOB_STATUS = "job_status.json"
+
+    @property
+    def job_status(self) -> Path:
+        """``job_status.json``: a sweep job's state (ok, failed, pruned) and wall time, by ``analysis.callbacks``."""
+        return self.path / self.JOB_STATUS
+
+    def is_job(self) -> bool:
+        """Hydra ran a job here (it holds ``.hydra/``): a run, or a sweep job that failed before its run began."""
+        return self.hydra.is_dir()
+
+    def read_overrides(self) -> list[str]:
+        """The command-line overrides of the Hydra job that made the folder (``.hydra/overrides.yaml``); none
+        without one."""
+        path = self.hydra / "overrides.yaml"
+        return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+
+    def run_name(self, cfg) -> str | None:
+        """The run's ``name``; Hydra saves ``${hydra:...}`` in it unresolved, so look that up in ``hydra.yaml``."""
+        import re
+
+        raw = OmegaConf.to_container(cfg).get("name")
+        m = re.fullmatch(r"\$\{hydra:([\w.]+)\}", str(raw))
+        if m and (self.hydra / "hydra.yaml").exists():
+            return OmegaConf.select(OmegaConf.load(self.hydra / "hydra.yaml"), f"hydra.{m[1]}")
+        return raw
+
+    def prediction(self, source, models: str = "folds") -> Path:
+        """Where ``make predict`` writes its bag of ``source``: ``predictions/<input name>`` for the fold models,
+        ``<stem>-refit``/``<stem>-all`` (the input's suffix kept) for the other choices, so none overwrites another."""
+        source = Path(source)
+        return self.predictions / (source.name if models == "folds" else f"{source.stem}-{models}{source.suffix}")
+
+
+def check_run_folder(path: Path, key: str) -> None:
+    """``key`` (``resume``, ``distill.teacher``) names a run folder: one that ``prepare`` started."""
+    from .errors import ConfigError
+
+    if not path.exists():
+        raise ConfigError(f"{key}={path}: does not exist")
+    if not path.is_dir():
+        raise ConfigError(f"{key}={path}: is a file; give the run folder (the one holding {RunDir.CONFIG})")
+    if not RunDir(path).is_run():
+        raise ConfigError(f"{key}={path}: not a run folder (no {RunDir.CONFIG})")
+
+
+REFIT = RunDir.REFIT  # <run>/refit/: the model ``make refit`` trained on every training row
+
+_CHOSEN: dict[str, str] = {}  # a new run's folder name, per process: Hydra resolves ``hydra.run.dir`` more than once
+_TAKEN: set[str] = set()  # names another start took first
+
+
+def run_path(resume, fresh: str) -> str:
+    """The ``${run_dir:}`` resolver: ``resume=<run folder>`` continues that folder (its real path: resuming
+    ``outputs/<name>/latest`` continues, and points ``latest`` at, the folder the link names); otherwise a new
+    folder, ``fresh`` or ``fresh-2``, ``fresh-3``... (a ``resume`` that names a file gets a new one too, which the
+    refused start removes). Nothing is created while a config resolves: ``claim`` creates the folder."""
+    if resume and not Path(str(resume)).is_file():
+        return str(Path(str(resume)).resolve())
+    if fresh not in _CHOSEN:
+        _CHOSEN[fresh] = next(path for path in (fresh if n == 1 else f"{fresh}-{n}" for n in range(1, 10_000))
+                              if not os.path.lexists(path) and path not in _TAKEN)
+    return _CHOSEN[fresh]
+
+
+def claim(resolve) -> Path:
+    """Create the folder ``resolve()`` names (a start's ``hydra.run.dir``) with ``os.mkdir``, which is atomic: when
+    two starts in the same second chose the same new name, the second chooses again. A folder named by hand
+    (``hydra.run.dir=...``) or resumed may exist already."""
+    while True:
+        path = Path(os.path.abspath(str(resolve())))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            lost = [fresh for fresh, chosen in _CHOSEN.items() if os.path.abspath(chosen) == str(path)]
+            if not lost:
+                return path
+            for fresh in lost:
+                _TAKEN.add(_CHOSEN.pop(fresh))
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
-    return run_dir / f"fold_{fold}"
+    return RunDir(run_dir).fold(fold).path
 
 
 def expected_folds(cfg) -> list[int]:
@@ -38,7 +314,7 @@ def expected_folds(cfg) -> list[int]:
 
 
 def unfinished(run_dir: Path, folds: list[int]) -> list[int]:
-    return [k for k in folds if not (fold_dir(run_dir, k) / "result.json").exists()]
+    return RunDir(run_dir).unfinished(folds)
 
 
 RESULT_KEYS = ("mse", "rmse", "train_time_s")  # what collecting a fold reads from its result.json
@@ -56,8 +332,8 @@ def _short(err: Exception) -> str:
 
 def retrain(path: Path) -> str:
     """The advice for a damaged file of ``fold_<k>/``: retrain that fold."""
-    fdir = path.parent
-    return f"retrain that fold: delete {fdir / 'result.json'} and resume with RESUME={fdir.parent}"
+    fdir = FoldDir(path.parent)
+    return f"retrain that fold: delete {fdir.result} and resume with RESUME={fdir.path.parent}"
 
 
 def _read_whole(path: Path, fix: str) -> bytes:
@@ -77,19 +353,17 @@ def _read_whole(path: Path, fix: str) -> bytes:
 def read_run_config(run_dir: Path) -> DictConfig:
     """The config a run folder was started with (``run_config.yaml``), refused when it is cut short, does not parse
     or lacks a key the schema requires (a file cut at a line end parses up to there). A config from before a key
-    existed gets that key's ``ADDED_KEYS`` value, and the classes it names where they live now (``MOVED``)."""
-    from .config.schema import (  # here, not above: the schema loads torch and transformers, which predict and
-        RULES,
-        TRANSFORMER_KEYS,
-    )
-    # distillation import only after config.paths.offline_for_local
+    existed is brought up to date (``config.schema.upgrade``)."""
+    # here, not above: the schema loads torch and transformers, which predict and distillation import only after
+    # config.paths.offline_for_local
+    from .config.schema import first_missing, upgrade
 
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise DataError(f"{run_dir}: does not exist")
-    path = run_dir / "run_config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
-        raise DataError(f"{run_dir}: not a run folder (no run_config.yaml)")
+        raise DataError(f"{run_dir}: not a run folder (no {RunDir.CONFIG})")
     data = _read_whole(path, RESTORE)
     try:
         cfg = OmegaConf.create(data.decode())  # parsed as OmegaConf.load parses a file
@@ -97,51 +371,12 @@ def read_run_config(run_dir: Path) -> DictConfig:
         raise DataError(f"{path}: unreadable ({_short(err)}); {RESTORE}") from None
     tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else None
     if isinstance(tree, dict):
-        cfg = OmegaConf.create(_updated(tree))
-        tree = OmegaConf.to_container(cfg, resolve=False)
-    classical = isinstance(tree, dict) and (tree.get("model") or {}).get("kind") == "sklearn"
-    required = [key for key, rule in RULES.items()  # an optional key may be left out, a classical one the backbone's
-                if not rule.optional and not (classical and key in TRANSFORMER_KEYS)]
-    absent = [key for key in required if not _has(tree, key)] if isinstance(tree, dict) else ["name"]
+        tree = upgrade(tree)
+        cfg = OmegaConf.create(tree)
+    absent = first_missing(tree)
     if absent:
-        raise DataError(f"{path}: incomplete (no {absent[0]}); {RESTORE}")
+        raise DataError(f"{path}: incomplete (no {absent}); {RESTORE}")
     return cfg
-
-
-def _updated(tree: dict) -> dict:
-    """``tree`` with the keys added since it was written, and moved classes under their new names."""
-    for key, value in ADDED_KEYS.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf not in node:
-            node[leaf] = value
-
-    def moved(node):
-        if isinstance(node, dict):
-            return {k: moved(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [moved(v) for v in node]
-        if isinstance(node, str):
-            for old, new in MOVED.items():
-                if node.startswith(old):
-                    return new + node[len(old):]
-        return node
-
-    return moved(tree)
-
-
-def _has(tree: dict, key: str) -> bool:
-    """``key`` (dotted) is in ``tree``; the keys below a null mapping (``data.generate: null``) need not be."""
-    node = tree
-    for part in key.split("."):
-        if node is None:
-            return True
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def read_result(path: Path) -> dict:

@@ -8,20 +8,27 @@ The helpers stay here, not in the notebook, so the tests check them and the note
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
+from .. import metrics
 from ..config.paths import NOTEBOOK
 from ..data.tables import test_file
-from . import stats
+from ..rundir import RunDir, read_csv, read_preds, read_run_config
 from .ensemble import improvement_marked, members_table
-from .runs import ROOT, ensemble_metrics, find_ensembles, find_runs, is_ensemble  # noqa: F401  (report.* in the notebook and tests)
-from .summary import MARK, collect, run_labels
+from .runs import (  # noqa: F401  (find_ensembles, find_runs, is_ensemble: report.* in the notebook and tests)
+    ROOT,
+    ensemble_metrics,
+    find_ensembles,
+    find_runs,
+    is_ensemble,
+    run_labels,
+    run_rows,
+)
+from .stats import read_oof
+from .tables import MARK
 
 
 def _member_label(m: dict, name: str, labels: dict | None) -> str:
@@ -60,12 +67,12 @@ def ensemble_members(folder, labels: dict | None = None) -> pd.DataFrame:
 
 
 def load_runs(runs: list[Path]) -> pd.DataFrame:
-    """One row per run (``summary.collect`` plus path, label, per-fold RMSE). Labels: the name, and the overrides
+    """One row per run (``runs.run_rows`` plus path, label, per-fold RMSE). Labels: the name, and the overrides
     that differ between runs when names repeat (a learning-rate sweep of one regularizer)."""
     rows = []
     for run in runs:
-        row = collect(run).iloc[0].to_dict()
-        folds = json.loads((run / "metrics.json").read_text())["folds"]
+        row = run_rows(run).iloc[0].to_dict()
+        folds = RunDir(run).read_metrics()["folds"]
         by_fold = sorted(folds.items(), key=lambda kv: int(kv[0]))
         rows.append(row | {"path": run} | {f"fold {k} RMSE": v["rmse"] for k, v in by_fold})
     df = pd.DataFrame(rows)
@@ -82,7 +89,8 @@ def fold_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_config(run: Path):
-    return OmegaConf.load(Path(run) / ".hydra" / "config.yaml")
+    """The config the run was started with (its ``run_config.yaml``)."""
+    return read_run_config(Path(run))
 
 
 def _data_path(path, root) -> Path:
@@ -92,7 +100,7 @@ def _data_path(path, root) -> Path:
 
 def load_oof(run: Path, root=ROOT) -> pd.DataFrame:
     """The run's OOF rows with residual (pred - target) and, when the data file is there, the text and its length."""
-    oof = pd.read_csv(Path(run) / "oof.csv", dtype={"id": str})
+    oof = read_oof(run)
     oof["residual"] = oof["pred"] - oof["target"]
     data = run_config(run).data
     path = _data_path(data.path, root)
@@ -108,7 +116,7 @@ def binned(oof: pd.DataFrame, by: str, bins: int = 8) -> pd.DataFrame:
     """Mean residual and RMSE per quantile bin of ``by`` (target or text length): where the model is biased."""
     groups = oof.groupby(pd.qcut(oof[by], bins, duplicates="drop"), observed=True)["residual"]
     out = pd.DataFrame({"n": groups.size(), "mean residual": groups.mean(),
-                        "RMSE": groups.apply(lambda r: float(np.sqrt(np.mean(r**2))))})
+                        "RMSE": groups.apply(lambda r: metrics.rmse(0.0, r))})  # the residuals' RMSE
     out.index = [f"{iv.left:.2f} to {iv.right:.2f}" for iv in out.index]
     return out.rename_axis(by)
 
@@ -128,14 +136,17 @@ def bagging_table(run: Path, root=ROOT) -> pd.DataFrame | None:
     ``RMSE`` needs labels in the test file (the target column), else it is NaN; ``RMSE to bagged`` always shows how
     far each fold model is from the bag (the variance that bagging averages away).
     """
-    run = Path(run)
-    folds = sorted(run.glob("fold_*/test_pred.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    if not (run / "submission.csv").exists() or not folds:
+    run = RunDir(run)
+    folds = [fold for fold in run.fold_dirs() if fold.test_pred.exists()]
+    if not run.submission.exists() or not folds:
         return None
-    bagged = pd.read_csv(run / "submission.csv", dtype={"id": str})
-    preds = {p.parent.name.replace("_", " "): pd.read_csv(p, dtype={"id": str})["pred"].to_numpy() for p in folds}
-    preds["bagged"] = bagged["target"].to_numpy()
-    data = run_config(run).data
+    data = run_config(run.path).data
+    fix = f"collect the run again: make collect RUN={run.path}"
+    bagged = read_csv(run.submission, (data.id_col, data.target_col), fix, dtype={data.id_col: str})
+    bagged = bagged.rename(columns={data.id_col: "id"})
+    preds = {fold.name.replace("_", " "): read_preds(fold.test_pred, bagged["id"], f"{run.submission}")
+             for fold in folds}
+    preds["bagged"] = bagged[data.target_col].to_numpy()
     test_path = _data_path(test_file(data), root)
     labels = None
     if test_path.exists():
@@ -144,7 +155,7 @@ def bagging_table(run: Path, root=ROOT) -> pd.DataFrame | None:
             labels = bagged[["id"]].merge(test.rename(columns={data.id_col: "id"}), on="id")[data.target_col].to_numpy()
 
     def rmse(pred, target):
-        return stats.rmse(target, pred) if target is not None else float("nan")
+        return metrics.rmse(target, pred) if target is not None else float("nan")
 
     return pd.DataFrame({"RMSE": {k: rmse(v, labels) for k, v in preds.items()},
                          "RMSE to bagged": {k: rmse(v, preds["bagged"]) for k, v in preds.items()}})
@@ -168,7 +179,8 @@ def render(paths: list[str], root=ROOT) -> Path:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="OOF analysis report (executes notebooks/oof_analysis.ipynb)")
+    parser = argparse.ArgumentParser(prog="kfold-nlp report",
+                                     description="OOF analysis report (executes notebooks/oof_analysis.ipynb)")
     parser.add_argument("runs", nargs="*", default=os.environ.get("OOF_RUNS", "").split(),
                         help="run folders or sweep folders (default: $OOF_RUNS)")
     args = parser.parse_args(argv)

@@ -1,145 +1,258 @@
-"""The config schema: every key's type and valid range, checked on the composed config before anything is written.
+"""The config schema: one pydantic model per config group, checked on the composed config before anything is
+written, and the upgrade of an older run's config to it.
 
 Hydra already refuses unknown keys and unknown group choices with its own message. What it cannot know is that
-``trainer.epochs=-1`` trains nothing or that ``model.pooling=max`` does not exist, so ``validate`` walks the composed
-config against the rules below and raises ``ConfigError`` with one line naming the key, the value and what is
-allowed: ``trainer.epochs=-1: must be an integer >= 1``. Type checks live here rather than in Hydra structured
-configs because a structured-config type error is a multi-line Hydra report, not one line.
+``trainer.epochs=-1`` trains nothing or that ``model.pooling=max`` does not exist, so ``validate`` checks the
+composed config against the models below and raises ``ConfigError`` with one line naming the key, the value and
+what is allowed (``rules.one_line``): ``trainer.epochs=-1: must be an integer >= 1``.
 
-Groups whose keys depend on the choice declare their own rules next to their code: a regularizer or task class
-has a ``params`` dict of ``Rule`` (so a new one stays a class and a YAML), and so has a tracker (``logger``). An
-optimizer's keys are its class's keyword arguments and a scheduler's ``kwargs`` its schedule function's
-(``inspect.signature``), so a new one is a YAML only; ``OPTIMIZER`` gives the ranges of the usual ones.
+Groups whose keys depend on the choice declare their own keys next to their code: a regularizer, task or tracker
+class has a ``params`` table of types (so a new one stays a class and a YAML). An optimizer's keys are its class's
+keyword arguments and a scheduler's ``kwargs`` its schedule function's (``rules.keyword_params``), so a new one is
+a YAML only; ``OPTIMIZER`` gives the ranges of the usual ones.
+
+A key added after runs were made has the default that gives what those runs did (``added``): ``upgrade`` gives it
+to an older ``run_config.yaml``, with the classes that moved (``MOVED``) under their new names.
 """
 
-from __future__ import annotations
-
-import inspect
+import copy
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Annotated
 
 from omegaconf import DictConfig, OmegaConf
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WrapValidator, model_validator
+from transformers import SchedulerType
+from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
 
 from ..bagging import BAGGING
 from ..errors import ConfigError
-from ..model.classical import KIND, is_classical
+from ..model.classical import KIND, check_estimator, is_classical
 from ..model.optim import PENALTIES
-from ..model.regressor import Pooler, load_tokenizer
+from ..model.regressor import Pooler
 from ..model.tasks import task_class
 from ..track.base import tracker_class
-from ..train.runtime import (
-    PRECISIONS,
-)
+from ..train.precision import PRECISIONS
 from ..train.selection import POLICIES
-from .rules import PROBABILITY, Rule, check_params
-from .rules import show as _show
-
-# Keys of the fixed groups. Free-form mappings (model.config_overrides, scheduler.kwargs) are passed on as given.
-RULES: dict[str, Rule] = {
-    "name": Rule(str),
-    "seed": Rule(int, ge=0),
-    "resume": Rule(str, optional=True),
-    "launcher": Rule(str, optional=True),
-    "output": Rule(str, optional=True),
-    "collect": Rule(bool),
-    "data.name": Rule(str),
-    "data.path": Rule(str),
-    "data.source": Rule(str, optional=True),
-    "data.test_path": Rule(str, optional=True),
-    "data.id_col": Rule(str),
-    "data.text_col": Rule(str),
-    "data.target_col": Rule(str),
-    "data.generate": Rule(dict, optional=True),
-    "data.generate.n_train": Rule(int, ge=2),
-    "data.generate.n_test": Rule(int, ge=0),
-    "data.generate.seed": Rule(int, ge=0),
-    "model.backbone": Rule(str),
-    "model.tokenizer": Rule(str, optional=True),
-    "model.pretrained": Rule(bool),
-    "model.pooling": Rule(str, choices=Pooler.KINDS),
-    "model.head_dropout": PROBABILITY,
-    "model.backbone_dropout": Rule(float, ge=0, lt=1, optional=True),
-    "model.config_overrides": Rule(dict),
-    "model.max_length": Rule(int, ge=1),
-    "model.kind": Rule(str, choices=("transformer", KIND), optional=True),  # absent: a transformer
-    "model.estimator": Rule(dict, optional=True),  # kind=sklearn: the pipeline builder and its keyword arguments
-    "trainer.epochs": Rule(int, ge=1),
-    "trainer.batch_size": Rule(int, ge=1),
-    "trainer.eval_batch_size": Rule(int, ge=1),
-    "trainer.grad_accum": Rule(int, ge=1),
-    "trainer.max_grad_norm": Rule(float, gt=0, optional=True),
-    "trainer.penalty": Rule(str, choices=PENALTIES, optional=True),
-    "trainer.penalty_weight": Rule(float, ge=0),
-    "trainer.precision": Rule(str, choices=PRECISIONS),
-    "trainer.eval_every": Rule(int, ge=1, optional=True),
-    "trainer.evals_per_epoch": Rule(int, ge=1),
-    "trainer.patience": Rule(int, ge=1, optional=True),
-    "trainer.select": Rule(str, choices=POLICIES),
-    "trainer.also_select": Rule(list),  # and each a policy (below)
-    "trainer.ema_decay": Rule(float, gt=0, lt=1),
-    "trainer.swa_evals": Rule(int, ge=1),
-    "trainer.save_models": Rule(bool),
-    "trainer.num_workers": Rule(int, ge=0),
-    "trainer.snapshot_every": Rule(int, ge=1, optional=True),
-    "trainer.keep_snapshot": Rule(bool),
-    "cv.n_splits": Rule(int, ge=2),
-    "cv.seed": Rule(int, ge=0),
-    "cv.folds": Rule(list, optional=True),  # and each a fold number (below)
-    "cv.bins": Rule(int, ge=1, also=("sturges",)),
-    "cv.bagging": Rule(str, choices=BAGGING),
-    "cv.holdout": Rule(float, gt=0, lt=1, optional=True, or_kind=str),  # a string: a file of ids (below)
-    "scheduler.name": Rule(str),  # checked against transformers' SchedulerType below
-    "scheduler.warmup": Rule(float, ge=0),
-    "scheduler.kwargs": Rule(dict, optional=True),
-    "distill.teacher": Rule(str, optional=True),
-    "distill.weight": Rule(float, ge=0, le=1),
-    "distill.unlabeled": Rule(str, optional=True),
-}
+from . import rules
+from .rules import PROBABILITY, Bool, Choice, Float, Int, List, Mapping, Str, check_params, model_of
 
 
-TRANSFORMER_KEYS = tuple(k for k in RULES if k.startswith("model.") and k not in ("model.kind", "model.estimator"))
+def added(default):
+    """A key added after runs were made: ``default`` gives what those runs did (``upgrade``)."""
+    return Field(default, json_schema_extra={"added": True})
+
+
+class Group(BaseModel):
+    """A fixed config group: its keys' types. A key it does not declare is refused: Hydra refuses a new key only
+    when it is given without ``+`` (``+trainer.epoch=2`` would be added and read by nothing)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Generate(Group):
+    n_train: Int(ge=2)
+    n_test: Int(ge=0)
+    seed: Int(ge=0)
+
+
+class Data(Group):
+    name: Str
+    path: Str
+    source: Str | None = None
+    test_path: Str | None = None
+    id_col: Str
+    text_col: Str
+    target_col: Str
+    generate: Generate | None = None
+
+
+class Classical(Group):
+    """``model.kind=sklearn``: a scikit-learn pipeline, with no backbone, pooling or tokenizer."""
+
+    kind: Choice("transformer", KIND) | None = None  # absent: a transformer
+    estimator: Mapping | None = None  # the pipeline builder (_target_) and its keyword arguments
+
+
+class Transformer(Group):
+    backbone: Str
+    tokenizer: Str | None = None
+    pretrained: Bool
+    pooling: Choice(*Pooler.KINDS)
+    head_dropout: PROBABILITY
+    backbone_dropout: PROBABILITY | None = None
+    config_overrides: Mapping
+    max_length: Int(ge=1)
+    kind: Choice("transformer", KIND) | None = None
+    estimator: Mapping | None = None
+
+
+def _policies(value: list) -> list:
+    bad = [p for p in value if p not in POLICIES]
+    if bad:
+        raise rules.invalid(f"{rules.show(bad[0])} is not a policy; each must be one of {', '.join(POLICIES)}")
+    return value
+
+
+class Trainer(Group):
+    epochs: Int(ge=1)
+    batch_size: Int(ge=1)
+    eval_batch_size: Int(ge=1)
+    grad_accum: Int(ge=1)
+    max_grad_norm: Float(gt=0) | None = None
+    penalty: Choice(*PENALTIES) | None = None
+    penalty_weight: Float(ge=0)
+    precision: Choice(*PRECISIONS)
+    eval_every: Int(ge=1) | None = None
+    evals_per_epoch: Int(ge=1)
+    patience: Int(ge=1) | None = None
+    select: Choice(*POLICIES) = added("best")
+    also_select: Annotated[List, AfterValidator(_policies)] = added([])
+    ema_decay: Float(gt=0, lt=1) = added(0.98)
+    swa_evals: Int(ge=1) = added(4)
+    save_models: Bool
+    num_workers: Int(ge=0)
+    snapshot_every: Int(ge=1) | None = None
+    keep_snapshot: Bool
+
+    @model_validator(mode="after")
+    def _penalty_has_weight(self):
+        if self.penalty is not None and self.penalty_weight == 0:
+            raise rules.refused(f"trainer.penalty_weight=0: must be > 0 when trainer.penalty={self.penalty}")
+        return self
+
+
+class Cv(Group):
+    n_splits: Int(ge=2)
+    seed: Int(ge=0)
+    folds: List | None = None
+    bins: Choice("sturges") | Int(ge=1)
+    bagging: Choice(*BAGGING)
+    holdout: Str | Float(gt=0, lt=1) | None = added(None)  # a string: a file of ids
+
+    @model_validator(mode="after")
+    def _folds_exist(self):
+        folds, n = self.folds, self.n_splits
+        if folds is not None and (not folds or not all(
+                isinstance(f, int) and not isinstance(f, bool) and 0 <= f < n for f in folds)
+                or len(set(folds)) != len(folds)):
+            raise rules.refused(f"cv.folds={rules.show(folds)}: must be null or a non-empty list of distinct fold "
+                                f"numbers from 0 to {n - 1} (cv.n_splits={n})")
+        return self
+
+
+class Scheduler(Group):
+    name: Choice(*(s.value for s in SchedulerType))
+    warmup: Float(ge=0)
+    kwargs: Mapping | None = None  # the schedule function's keyword arguments (scheduler_params)
+
+
+class Distill(Group):
+    teacher: Str | None = None
+    weight: Float(ge=0, le=1)
+    unlabeled: Str | None = None
+
+
+def _not_a_key(key: str, owner: type) -> str:
+    """The line for a key the schema does not know, with the nearest one it does."""
+    import difflib
+
+    group, _, name = key.rpartition(".")
+    near = difflib.get_close_matches(name, list(owner.__pydantic_fields__), n=1)
+    hint = f"; did you mean {group + '.' if group else ''}{near[0]}?" if near else ""
+    return f"{key}: not a key of {group or 'the config'}{hint} (python -m kfold_nlp --cfg job lists them)"
+
+
+class Config(Group):
+    """The composed config's fixed keys; the groups chosen by class (optimizer, regularizer, task, logger) are
+    checked against their class's keys."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())  # those groups, Hydra's, a saved run's own
+
+    name: Str
+    seed: Int(ge=0)
+    resume: Str | None = None
+    launcher: Str | None = None
+    output: Str | None = None
+    collect: Bool
+    data: Data
+    model: Transformer
+    trainer: Trainer
+    cv: Cv
+    scheduler: Scheduler
+    distill: Distill
+
+
+class ClassicalConfig(Config):
+    model: Classical
+
+
+def schema(classical: bool) -> type[Config]:
+    return ClassicalConfig if classical else Config
+
+
+@dataclass(frozen=True)
+class Key:
+    """One dotted key of the schema: the type of its value and whether it may be null (or left out)."""
+
+    kind: type
+    optional: bool
+
+
+def keys(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Key]:
+    """Every dotted key of ``model``, a group's before its own keys."""
+    out = {}
+    for name, field in model.__pydantic_fields__.items():
+        out[prefix + name] = Key(rules.kind(field.rebuild_annotation()), rules.nullable(field.annotation))
+        inner = model_of(field.annotation)
+        if inner is not None:
+            out |= keys(inner, f"{prefix}{name}.")
+    return out
+
+
+RULES = keys()
+
+
+def _pair(value, handler):
+    try:
+        return handler(value)
+    except ValidationError:
+        raise rules.invalid("must be two numbers >= 0 and < 1") from None
+
 
 # The ranges of the optimizer keys that have one (torch.optim's own checks back these up); which keys an optimizer
-# takes is its class's signature (``optimizer_rules``). head_lr and llrd are build_optimizer's, for every optimizer.
-OPTIMIZER: dict[str, Rule] = {
-    "lr": Rule(float, gt=0),
-    "head_lr": Rule(float, gt=0, optional=True),
-    "llrd": Rule(float, gt=0, le=1),
-    "weight_decay": Rule(float, ge=0),
-    "eps": Rule(float, gt=0),
-    "betas": Rule(list),
+# takes is its class's signature (``optimizer_params``). head_lr and llrd are build_optimizer's, for every optimizer.
+OPTIMIZER = {
+    "lr": Float(gt=0),
+    "head_lr": Float(gt=0) | None,
+    "llrd": Float(gt=0, le=1),
+    "weight_decay": Float(ge=0),
+    "eps": Float(gt=0),
+    "betas": Annotated[list[PROBABILITY], Field(strict=True, min_length=2, max_length=2), WrapValidator(_pair)],
     "momentum": PROBABILITY,
     "dampening": PROBABILITY,
-    "nesterov": Rule(bool),
+    "nesterov": Bool,
     "alpha": PROBABILITY,
-    "rho": Rule(float, ge=0, le=1),
-    "centered": Rule(bool),
-    "lr_decay": Rule(float, ge=0),
-    "initial_accumulator_value": Rule(float, ge=0),
-    "amsgrad": Rule(bool),
-    "foreach": Rule(bool, optional=True),
-    "fused": Rule(bool, optional=True),
+    "rho": Float(ge=0, le=1),
+    "centered": Bool,
+    "lr_decay": Float(ge=0),
+    "initial_accumulator_value": Float(ge=0),
+    "amsgrad": Bool,
+    "foreach": Bool | None,
+    "fused": Bool | None,
 }
 
 
 OWN_OPTIMIZER_KEYS = ("head_lr", "llrd")
 
 
-SET_BY_BUILD = ("params", "optimizer", "num_warmup_steps", "num_training_steps")  # optim.py passes these itself
+@cache
+def _optimizer_params(cls) -> dict:
+    return (rules.keyword_params(cls, OPTIMIZER) or {}) | {k: OPTIMIZER[k] for k in OWN_OPTIMIZER_KEYS}
 
 
-def keyword_rules(fn, known: dict[str, Rule]) -> dict[str, Rule | None] | None:
-    """The keyword arguments of ``fn`` (a class: its constructor's) a config may give, each with its rule: from
-    ``known``, else true/false or a number after its default, else None (the callee checks the value); None for
-    all of them when ``fn`` takes ``**kwargs``."""
-    params = inspect.signature(fn).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    inferred = {bool: Rule(bool), float: Rule(float)}
-    return {p.name: known.get(p.name, inferred.get(type(p.default))) for p in params
-            if p.name not in SET_BY_BUILD and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def optimizer_rules(opt_cfg) -> dict[str, Rule | None]:
+def optimizer_params(opt_cfg) -> dict:
     """The keys of the optimizer YAML's ``_target_`` class, with build_optimizer's own."""
     from hydra.utils import get_class
 
@@ -148,18 +261,18 @@ def optimizer_rules(opt_cfg) -> dict[str, Rule | None]:
     except Exception as err:  # noqa: BLE001  (an import error, a missing attribute, not a class)
         raise ConfigError(f"optimizer._target_={opt_cfg._target_}: not an optimizer class "
                           f"({' '.join(str(err).split())[:160]})") from None
-    return (keyword_rules(cls, OPTIMIZER) or {}) | {k: OPTIMIZER[k] for k in OWN_OPTIMIZER_KEYS}
+    return _optimizer_params(cls)
 
 
-def scheduler_rules(name: str) -> dict[str, Rule | None] | None:
+@cache
+def scheduler_params(name: str) -> dict | None:
     """The ``scheduler.kwargs`` keys of transformers' schedule ``name`` (None: it takes any)."""
-    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
-
-    return keyword_rules(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)], {})
+    return rules.keyword_params(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)], {})
 
 
-def _select(cfg, key: str):
-    return OmegaConf.select(cfg, key, throw_on_missing=False)
+@cache
+def _builder_params(builder) -> dict:
+    return rules.keyword_params(builder, {}) or {}
 
 
 def is_missing(cfg, key: str) -> bool:
@@ -176,6 +289,41 @@ def regularizer_class(cfg):
     from hydra.utils import get_class
 
     return get_class(cfg.regularizer._target_)
+
+
+def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
+    """Raise ``ConfigError`` for the first key of ``cfg`` that breaks its type (fixed groups, then the choices)."""
+    classical = is_classical(cfg.model)
+    model = schema(classical)
+    tree = rules.plain(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg)
+    try:
+        model.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(rules.one_line(err, model, tree, unknown=_not_a_key)) from None
+
+    holdout = cfg.cv.get("holdout")
+    if isinstance(holdout, str) and check_files and not Path(holdout).is_file():
+        raise ConfigError(f"cv.holdout={holdout}: no such file; give a fraction such as 0.2 or a file of ids")
+    if cfg.trainer.precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.precision=fp16: needs CUDA; use bf16 or fp32 on CPU")
+    check_params("optimizer", optimizer_params(cfg.optimizer), cfg.optimizer)
+    kwargs = scheduler_params(cfg.scheduler.name)
+    if kwargs is not None and cfg.scheduler.get("kwargs"):
+        check_params("scheduler.kwargs", kwargs, cfg.scheduler.kwargs, what="scheduler")
+    check_params("regularizer", getattr(regularizer_class(cfg), "params", {}), cfg.regularizer)
+    check_params("logger", tracker_class(cfg.logger).params, cfg.logger)
+    if cfg.get("task") is not None:
+        check_params("task", task_class(cfg).params, cfg.task)
+    _check_distill(cfg)
+    _check_launcher(cfg.get("launcher"))
+
+    if classical:
+        _check_estimator(cfg)
+    if check_files:
+        _check_paths(cfg)
 
 
 def _check_distill(cfg) -> None:
@@ -203,70 +351,6 @@ def _check_launcher(launcher: str | None) -> None:
                           f"installed launcher plugins)")
 
 
-def validate(cfg: DictConfig, *, check_files: bool = True) -> None:
-    """Raise ``ConfigError`` for the first key of ``cfg`` that breaks its rule (fixed groups, then the choices)."""
-    classical = is_classical(cfg.model)
-    for key, rule in RULES.items():
-        if key.startswith("data.generate.") and not _select(cfg, "data.generate"):
-            continue
-        if classical and key in TRANSFORMER_KEYS:  # a scikit-learn pipeline has no backbone, pooling or tokenizer
-            continue
-        if is_missing(cfg, key):
-            raise ConfigError(f"{key}: required, give it on the command line ({key}=...)")
-        rule.check(key, _select(cfg, key))
-
-    n_splits = cfg.cv.n_splits
-    if cfg.cv.folds is not None:
-        folds = list(cfg.cv.folds)
-        if not folds or len(set(folds)) != len(folds) or not all(
-                isinstance(f, int) and not isinstance(f, bool) and 0 <= f < n_splits for f in folds):
-            raise ConfigError(f"cv.folds={_show(cfg.cv.folds)}: must be null or a non-empty list of distinct fold "
-                              f"numbers from 0 to {n_splits - 1} (cv.n_splits={n_splits})")
-
-    t = cfg.trainer
-    bad = [p for p in t.also_select if p not in POLICIES]
-    if bad:
-        raise ConfigError(f"trainer.also_select={_show(t.also_select)}: {bad[0]} is not a policy; each must be one "
-                          f"of {', '.join(POLICIES)}")
-    holdout = cfg.cv.get("holdout")
-    if isinstance(holdout, str) and check_files and not Path(holdout).is_file():
-        raise ConfigError(f"cv.holdout={holdout}: no such file; give a fraction such as 0.2 or a file of ids")
-    if t.precision == "fp16":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("trainer.precision=fp16: needs CUDA; use bf16 or fp32 on CPU")
-    if t.penalty is not None and t.penalty_weight == 0:
-        raise ConfigError(f"trainer.penalty_weight=0: must be > 0 when trainer.penalty={t.penalty}")
-
-    from transformers import SchedulerType
-
-    names = [s.value for s in SchedulerType]
-    if cfg.scheduler.name not in names:
-        raise ConfigError(f"scheduler.name={cfg.scheduler.name}: must be one of {', '.join(names)}")
-
-    check_params("optimizer", optimizer_rules(cfg.optimizer), cfg.optimizer)
-    kwargs_rules = scheduler_rules(cfg.scheduler.name)
-    if kwargs_rules is not None and cfg.scheduler.get("kwargs"):
-        check_params("scheduler.kwargs", kwargs_rules, cfg.scheduler.kwargs, what="scheduler")
-    betas = cfg.optimizer.get("betas")
-    if betas is not None and (len(betas) != 2 or not all(PROBABILITY.ok(b) for b in betas)):
-        raise ConfigError(f"optimizer.betas={_show(betas)}: must be two numbers >= 0 and < 1")
-    check_params("regularizer", getattr(regularizer_class(cfg), "params", {}), cfg.regularizer)
-    check_params("logger", tracker_class(cfg.logger).params, cfg.logger)
-    if cfg.get("task") is not None:
-        check_params("task", task_class(cfg).params, cfg.task)
-    _check_distill(cfg)
-    _check_launcher(cfg.get("launcher"))
-
-    if classical:
-        _check_estimator(cfg)
-    else:
-        _check_max_length(cfg.model)
-    if check_files:
-        _check_paths(cfg)
-
-
 def _check_estimator(cfg) -> None:
     """A classical preset's builder and its keys (the builder's keyword arguments); no teacher (it trains on
     labels only)."""
@@ -280,52 +364,69 @@ def _check_estimator(cfg) -> None:
     except Exception as err:  # noqa: BLE001  (an import error, a missing attribute)
         raise ConfigError(f"model.estimator._target_={est._target_}: not a function "
                           f"({' '.join(str(err).split())[:160]})") from None
-    check_params("model.estimator", keyword_rules(builder, {}) or {}, est, what="estimator")
-    if _select(cfg, "distill.teacher") is not None:
+    check_params("model.estimator", _builder_params(builder), est, what="estimator")
+    check_estimator(est)  # scikit-learn's own checks of every step's parameters, before any folder
+    if OmegaConf.select(cfg, "distill.teacher") is not None:
         raise ConfigError(f"distill.teacher={cfg.distill.teacher}: model.kind=sklearn trains on the labels only; "
                           f"distil into a transformer")
 
 
-def _check_max_length(model_cfg) -> None:
-    """``max_length`` cannot exceed the backbone's position embeddings (read from its config, no weights loaded),
-    and must leave room for one token beside the special ones: below that the tokenizer does not truncate at all
-    (it warns and returns whole texts), and at it every text would be only ``[CLS] [SEP]``."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(model_cfg.backbone, **dict(model_cfg.config_overrides or {}))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"model.backbone={model_cfg.backbone}: cannot load its config "
-                          f"({' '.join(str(err).split())[:200]})") from None
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit and model_cfg.max_length > limit:
-        raise ConfigError(f"model.max_length={model_cfg.max_length}: must be <= {limit}, the backbone's positions")
-    try:
-        special = load_tokenizer(model_cfg).num_special_tokens_to_add()
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"model.tokenizer={model_cfg.get('tokenizer') or model_cfg.backbone}: cannot load it "
-                          f"({' '.join(str(err).split())[:200]})") from None
-    if model_cfg.max_length < special + 1:
-        raise ConfigError(f"model.max_length={model_cfg.max_length}: must be >= {special + 1}, the tokenizer's "
-                          f"{special} special tokens and one of the text")
-
-
 def _check_paths(cfg) -> None:
     for key in ("data.path", "data.test_path"):
-        value = _select(cfg, key)
+        value = OmegaConf.select(cfg, key)
         if value is not None and Path(value).is_dir():
             raise ConfigError(f"{key}={value}: is a folder; give the CSV file")
-    if cfg.get("resume") is not None:
-        check_run_folder(Path(cfg.resume), "resume")
-    if _select(cfg, "distill.teacher") is not None:
-        check_run_folder(Path(cfg.distill.teacher), "distill.teacher")
 
 
-def check_run_folder(path: Path, key: str) -> None:
-    """A run folder is one that ``prepare`` started: it holds ``run_config.yaml``."""
-    if not path.exists():
-        raise ConfigError(f"{key}={path}: does not exist")
-    if not path.is_dir():
-        raise ConfigError(f"{key}={path}: is a file; give the run folder (the one holding run_config.yaml)")
-    if not (path / "run_config.yaml").is_file():
-        raise ConfigError(f"{key}={path}: not a run folder (no run_config.yaml)")
+# --- an older run's config ---
+
+# Classes that moved: an older run_config.yaml names them where they were.
+MOVED = {"kfold_nlp.tasks.": "kfold_nlp.model.tasks.", "kfold_nlp.regularizers.": "kfold_nlp.model.regularizers."}
+
+
+def _classical(tree: dict) -> bool:
+    return isinstance(tree.get("model"), dict) and is_classical(tree["model"])
+
+
+def upgrade(tree: dict) -> dict:
+    """A run's config (plain, as read) brought up to date: each key added since it was written (``added``) with
+    the value that gives what the run did, and moved classes under their new names."""
+    def add(model, node) -> None:
+        for name, field in model.__pydantic_fields__.items():
+            if name not in node and (field.json_schema_extra or {}).get("added"):
+                node[name] = copy.deepcopy(field.default)
+            inner = model_of(field.annotation)
+            if inner is not None and isinstance(node.get(name), dict):
+                add(inner, node[name])
+
+    def moved(node):
+        if isinstance(node, dict):
+            return {k: moved(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [moved(v) for v in node]
+        if isinstance(node, str):
+            for old, new in MOVED.items():
+                if node.startswith(old):
+                    return new + node[len(old):]
+        return node
+
+    if isinstance(tree, dict):
+        add(schema(_classical(tree)), tree)
+    return moved(tree)
+
+
+def first_missing(tree) -> str | None:
+    """The first key the schema requires that ``tree`` (a run's config, plain) lacks, else None. A key that may be
+    null may be left out; the keys below a null group (``data.generate: null``) need not be there."""
+    def first(model, node, prefix: str) -> str | None:
+        for name, field in model.__pydantic_fields__.items():
+            inner, optional = model_of(field.annotation), rules.nullable(field.annotation)
+            if not isinstance(node, dict) or (name not in node and inner is None and not optional):
+                return prefix + name
+            if inner is not None and (name not in node or node[name] is not None):
+                found = first(inner, node.get(name, {}), f"{prefix}{name}.")
+                if found:
+                    return found
+        return None
+
+    return first(schema(_classical(tree)), tree, "") if isinstance(tree, dict) else "name"

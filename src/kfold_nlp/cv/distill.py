@@ -32,20 +32,20 @@ from ..data.tables import DataError, load_table
 from ..files import read_json, write_csv
 from ..model.regressor import load_tokenizer, tokenize
 from ..predict import predict_texts, run_config
-from ..rundir import check_model
+from ..rundir import RunDir, check_model, read_csv
 
 
 def teacher_model(teacher: Path, fold: int) -> Path:
     """The only teacher model fold ``fold`` may learn from: the one that never saw its validation rows."""
-    return teacher / f"fold_{fold}" / "model.safetensors"
+    return RunDir(teacher).fold(fold).model
 
 
 def check_same_folds(teacher: Path, folds: pd.DataFrame) -> None:
     """Refuse a teacher whose ``folds.csv`` is not this run's (``data.folds.same_folds``)."""
-    path = teacher / "folds.csv"
+    path = RunDir(teacher).folds_csv
     if not path.is_file():
         raise DataError(f"{path}: not found; distill.teacher must be a run folder")
-    kept = pd.read_csv(path, dtype={"id": str})
+    kept = read_csv(path, ("id", "fold"), "distill.teacher must be a finished run folder", dtype={"id": str})
     if not same_folds(kept, folds):
         raise DataError(f"{path}: differs from this run's folds (ids or folds); distill.teacher must be a run on "
                         f"the same data with the same cv.n_splits, cv.seed and cv.bins, or its models saw fold k's "
@@ -114,11 +114,11 @@ def check_same_data(teacher: Path, data_print: dict) -> None:
 def check_teacher_fold(teacher: Path, fold: int) -> None:
     """The teacher's fold ``fold`` must be finished, its own (not copied in from another run), and its model
     readable: found before the first student fold trains, not after."""
-    fdir, model = teacher / f"fold_{fold}", teacher_model(teacher, fold)
-    if not (fdir / "result.json").is_file():
-        raise DataError(f"{fdir / 'result.json'}: not found; the teacher's fold {fold} did not finish (resume the "
+    fdir, model = RunDir(teacher).fold(fold), teacher_model(teacher, fold)
+    if not fdir.finished():
+        raise DataError(f"{fdir.result}: not found; the teacher's fold {fold} did not finish (resume the "
                         f"teacher run first)")
-    fingerprint.check_fold(teacher, fdir, read_json(fdir / "result.json"))
+    fingerprint.check_fold(teacher, fdir.path, read_json(fdir.result))
     if not model.is_file():
         raise DataError(f"{model}: not found; distill.teacher needs the teacher's fold {fold} model (run with "
                         f"trainer.save_models=true and that fold)")

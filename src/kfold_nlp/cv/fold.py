@@ -16,17 +16,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
+from .. import metrics
 from ..data import fingerprint
 from ..data.folds import HOLDOUT
 from ..data.loading import EncodedRows, make_loader
-from ..files import atomic_path, write_csv, write_json
 from ..model import classical
 from ..model.regressor import build_model
-from ..rundir import fold_dir
+from ..rundir import RunDir
 from ..track.base import WANDB_TARGET, make, target, tracked
-from ..train import runtime, snapshot
+from ..train import hardware, selection, snapshot
 from ..train.loop import predict, train_fold
-from ..train.runtime import memory_mb, release_freed_memory, reset_peak_memory, stream_seed
+from ..train.memory import memory_mb, release_freed_memory, reset_peak_memory
+from ..train.seeds import stream_seed
 from .prepare import Prepared
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def build_fold_model(cfg: DictConfig, fold: int, rank: int = 0):
 
 def tracked_config(cfg: DictConfig) -> dict:
     """What a tracker run records as its config: the resolved config and the hardware it ran on."""
-    return OmegaConf.to_container(cfg, resolve=True) | {"hardware": runtime.record(cfg.trainer.precision)}
+    return OmegaConf.to_container(cfg, resolve=True) | {"hardware": hardware.record(cfg.trainer.precision)}
 
 
 def saved_run_id(cfg: DictConfig, state: dict) -> str | None:
@@ -63,7 +64,7 @@ def saved_run_id(cfg: DictConfig, state: dict) -> str | None:
 def fit_classical(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, group: str) -> dict:
     """Fit a scikit-learn member on fold ``fold``'s training rows and write ``fold_<k>/`` as a transformer fold
     would (``model.joblib`` instead of ``model.safetensors``; no steps, no snapshot)."""
-    fdir, targets, texts = fold_dir(run_dir, fold), data.targets, data.train["text"].to_numpy()
+    fdir, targets, texts = RunDir(run_dir).fold(fold), data.targets, data.train["text"].to_numpy()
     tr, va = np.flatnonzero((data.folds != fold) & (data.folds != HOLDOUT)), np.flatnonzero(data.folds == fold)
     held = np.flatnonzero(data.folds == HOLDOUT)
     reset_peak_memory()
@@ -73,38 +74,37 @@ def fit_classical(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, gro
         estimator = instantiate(cfg.model.estimator).fit(texts[tr], targets[tr])
         fit_time = time.perf_counter() - began
         val_pred = estimator.predict(texts[va])
-        mse = float(np.mean((val_pred - targets[va]) ** 2))
+        mse = metrics.mse(targets[va], val_pred)
         result = {"mse": mse, "rmse": math.sqrt(mse), "best_step": 0, "steps": 0, "planned_steps": 0,
                   "train_time_s": round(fit_time, 2), "eval_time_s": 0.0, "select": "last", **memory_mb()}
         if len(held):
             held_pred = estimator.predict(texts[held])
-            result["holdout_rmse"] = math.sqrt(float(np.mean((held_pred - targets[held]) ** 2)))
+            result["holdout_rmse"] = metrics.rmse(targets[held], held_pred)
         tracker_run.update_summary({"best/val_mse": mse, "best/val_rmse": result["rmse"]})
-        fdir.mkdir(parents=True, exist_ok=True)
-        if cfg.trainer.save_models:
-            with atomic_path(fdir / classical.FILE) as tmp:
-                joblib.dump(estimator, tmp)
-        write_csv(pd.DataFrame({"id": data.train["id"].iloc[va], "pred": val_pred}), fdir / "oof.csv")
+        tables = {"oof": pd.DataFrame({"id": data.train["id"].iloc[va], "pred": val_pred})}
         if len(held):
-            write_csv(pd.DataFrame({"id": data.train["id"].iloc[held], "pred": held_pred}), fdir / "holdout_pred.csv")
+            tables["holdout_pred"] = pd.DataFrame({"id": data.train["id"].iloc[held], "pred": held_pred})
         if data.test is not None:
-            write_csv(pd.DataFrame({"id": data.test["id"], "pred": estimator.predict(data.test["text"].to_numpy())}),
-                      fdir / "test_pred.csv")
-        write_json(result | {"made_from": fingerprint.made_from(run_dir)}, fdir / "result.json")  # last: done
+            tables["test_pred"] = pd.DataFrame({"id": data.test["id"],
+                                                "pred": estimator.predict(data.test["text"].to_numpy())})
+        fdir.write(result | {"made_from": fingerprint.made_from(run_dir)}, tables=tables, model_file=fdir.JOBLIB,
+                   model_writer=(lambda path: joblib.dump(estimator, path)) if cfg.trainer.save_models else None)
     log.info(fold_line(fold, result, cfg))
     return result
 
 
-def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelerator, group: str) -> dict:
-    """Train fold ``fold`` and write ``fold_<k>/``: model, OOF and test predictions, then ``result.json``."""
+def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelerator, group: str,
+             label: str | None = None) -> dict:
+    """Train fold ``fold`` and write ``fold_<k>/``: model, OOF and test predictions, then ``result.json``.
+    ``label``: the progress bar's (``fold <k> (<i>/<n>)``)."""
     if classical.is_classical(cfg.model):
         return fit_classical(cfg, run_dir, fold, data, group)
-    fdir, targets, workers = fold_dir(run_dir, fold), data.targets, cfg.trainer.num_workers
+    fdir, targets, workers = RunDir(run_dir).fold(fold), data.targets, cfg.trainer.num_workers
     tr, va = np.flatnonzero((data.folds != fold) & (data.folds != HOLDOUT)), np.flatnonzero(data.folds == fold)
     held = np.flatnonzero(data.folds == HOLDOUT)
     release_freed_memory()  # the previous fold's memory, so that this fold's peak is its own
     reset_peak_memory()
-    saved = snapshot.load(fdir)  # a fold continuing from its snapshot continues its tracker run too
+    saved = snapshot.load(fdir.path)  # a fold continuing from its snapshot continues its tracker run too
     run_id = saved_run_id(cfg, saved.state) if saved is not None else None
     with tracked(make(cfg.logger), run_dir=run_dir, group=group, name=f"{group}-fold{fold}", job_type=f"fold{fold}",
                  config=tracked_config(cfg), run_id=run_id) as tracker_run:
@@ -114,7 +114,7 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
         task, model, regularizer = build_fold_model(cfg, fold, accelerator.process_index)
         train_rows = EncodedRows(data.enc, tr, targets, {c: data.train[c].to_numpy() for c in task.columns})
         if data.distill is not None:  # soft targets and pseudo-labels, from the teacher's fold-k model only
-            record = fdir / "soft_targets.csv" if accelerator.is_main_process else None
+            record = fdir.soft_targets if accelerator.is_main_process else None
             train_rows = data.distill.fold_rows(fold, train_rows, record)
         train_loader = make_loader(train_rows, data.tokenizer, cfg.trainer.batch_size, True,
                                    stream_seed(cfg.seed, fold), workers)
@@ -128,9 +128,9 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             log.debug("fold %d step %d: %s", fold, step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
         res = train_fold(model, regularizer, train_loader, val_loader, targets[va], cfg, accelerator,
-                         log=log_eval, fold=fold, task=task, snapshot_dir=fdir,
+                         log=log_eval, fold=fold, task=task, snapshot_dir=fdir.path,
                          extra_state={"tracker": target(cfg.logger), "tracker_id": tracker_run.id}, saved=saved,
-                         holdout_loader=holdout_loader)
+                         holdout_loader=holdout_loader, label=label)
         if res.resumed_from is not None:
             log.info("fold %d: continued from its snapshot at step %d", fold, res.resumed_from)
             tracker_run.update_summary({"resumed_from_step": res.resumed_from})
@@ -142,7 +142,7 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
                   "threads": torch.get_num_threads(), **memory_mb()}
         if len(held):
             for name, pred in res.holdout_pred.items():
-                res.selection[name]["holdout_mse"] = float(np.mean((pred - targets[held]) ** 2))
+                res.selection[name]["holdout_mse"] = metrics.mse(targets[held], pred)
             result["holdout_mse"] = res.selection[cfg.trainer.select]["holdout_mse"]
             result["holdout_rmse"] = math.sqrt(result["holdout_mse"])
         result["select"] = cfg.trainer.select
@@ -158,29 +158,21 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             test_pred = predict(model, loader, accelerator)
             accelerator.free_memory()
         if accelerator.is_main_process:
-            if cfg.trainer.save_models:
-                with atomic_path(fdir / "model.safetensors") as tmp:
-                    save_model(model, str(tmp))
             others = {f"pred_{k}": v for k, v in res.val_preds.items() if k != cfg.trainer.select}
-            write_csv(pd.DataFrame({"id": data.train["id"].iloc[va], "pred": res.val_pred} | others), fdir / "oof.csv")
+            tables = {"oof": pd.DataFrame({"id": data.train["id"].iloc[va], "pred": res.val_pred} | others)}
             if len(held):  # the fold's own policy as "pred", every scored policy as "pred_<policy>"
-                write_csv(pd.DataFrame({"id": data.train["id"].iloc[held],
-                                        "pred": res.holdout_pred[cfg.trainer.select]}
-                                       | {f"pred_{k}": v for k, v in res.holdout_pred.items()
-                                          if k != cfg.trainer.select}),
-                          fdir / "holdout_pred.csv")
+                tables["holdout_pred"] = pd.DataFrame({"id": data.train["id"].iloc[held],
+                                                       "pred": res.holdout_pred[cfg.trainer.select]}
+                                                      | {f"pred_{k}": v for k, v in res.holdout_pred.items()
+                                                         if k != cfg.trainer.select})
             if data.test is not None:
-                write_csv(pd.DataFrame({"id": data.test["id"], "pred": test_pred}), fdir / "test_pred.csv")
-            write_json(result | {"made_from": fingerprint.made_from(run_dir)}, fdir / "result.json")  # last: done
+                tables["test_pred"] = pd.DataFrame({"id": data.test["id"], "pred": test_pred})
+            fdir.write(result | {"made_from": fingerprint.made_from(run_dir)}, tables=tables,
+                       model_writer=(lambda path: save_model(model, str(path))) if cfg.trainer.save_models else None)
             if not cfg.trainer.keep_snapshot:
-                snapshot.remove(fdir)
+                snapshot.remove(fdir.path)
     log.info(fold_line(fold, result, cfg))
     return result
-
-
-def _chosen(select: str) -> str:
-    return {"best": "best at step", "best_epoch": "best epoch end at step", "last": "last, step",
-            "ema": "EMA of the steps to", "swa": "SWA of the evaluations to"}[select]
 
 
 def fold_line(fold: int, result: dict, cfg) -> str:
@@ -193,7 +185,7 @@ def fold_line(fold: int, result: dict, cfg) -> str:
         return (f"fold {fold}: val RMSE {result['rmse']:.4f} (MSE {result['mse']:.4f}{held_out}), fitted in "
                 f"{result['train_time_s']:.1f} s (peak RSS {result['peak_rss_mb']:.0f} MiB)")
     return (f"fold {fold}: val RMSE {result['rmse']:.4f} (MSE {result['mse']:.4f}{held_out}) "
-            f"{_chosen(result.get('select', 'best'))} {result['best_step']} of {result['steps']}{stopped}, "
+            f"{selection.chosen(result.get('select', 'best'))} {result['best_step']} of {result['steps']}{stopped}, "
             f"{result['train_time_s']:.0f} s (evaluation "
             f"{100 * result['eval_time_s'] / max(result['train_time_s'], 1e-9):.0f}%, peak RSS "
             f"{result['peak_rss_mb']:.0f} MiB)")

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 from ..config.rules import override_key
-from ..data.tables import DataError
-from ..rundir import expected_folds, fold_dir, read_result, unfinished
-from ..train import runtime
+from ..errors import DataError, EnvironmentFault
+from ..files import read_json
+from ..rundir import RunDir, expected_folds, unfinished
+from ..train import hardware, threads
 from . import lock, orphans
 from .collect import finish
 from .fold import fold_line
@@ -39,6 +40,22 @@ def job_command(cfg, run_dir: Path, overrides: list[str], folds: list[int]) -> l
             f"hydra.sweep.dir={run_dir / '.jobs'}"]
 
 
+def machine_fault(run_dir: Path) -> str | None:
+    """The first fold job's error that was the machine's (an ``OSError`` such as a full disk), from the jobs'
+    ``job_status.json`` (``analysis.callbacks``)."""
+    for status in sorted((run_dir / ".jobs").glob(f"*/{RunDir.JOB_STATUS}")):
+        try:
+            error = read_json(status).get("error") or ""
+        except (OSError, ValueError):
+            continue
+        if error.split(":")[0] in OS_ERRORS:
+            return error
+    return None
+
+
+OS_ERRORS = {cls.__name__ for cls in (OSError, *OSError.__subclasses__())}
+
+
 def run(cfg, run_dir: Path, overrides: list[str]) -> dict:
     """Prepare, train the unfinished folds as parallel jobs, collect; returns the metrics."""
     import torch
@@ -53,18 +70,22 @@ def run(cfg, run_dir: Path, overrides: list[str]) -> dict:
         env = os.environ | {"KFOLD_NLP_GPUS": str(torch.cuda.device_count())} | orphans.child_env()
         jobs = local_jobs(cfg.launcher, overrides, len(folds))
         if jobs:  # processes side by side on this machine: each gets its share of the cores, not all of them
-            env[runtime.THREADS_ENV] = str(runtime.split_cores(jobs))
+            env[threads.THREADS_ENV] = str(threads.split_cores(jobs))
             if not torch.cuda.is_available() and jobs > 1:
                 log.info("note: %d fold jobs share this machine's %d cores (%d thread(s) each); on a CPU one fold at "
-                         "a time with every core is usually as fast (README, Folds as parallel jobs)", jobs,
-                         runtime.usable_cores(), runtime.split_cores(jobs))
+                         "a time with every core is usually as fast (docs/distributed.md)", jobs,
+                         hardware.usable_cores(), threads.split_cores(jobs))
         subprocess.run(job_command(cfg, run_dir, overrides, folds), env=env)
         missing = unfinished(run_dir, folds)
         if missing:
-            raise DataError(f"{run_dir}: fold job(s) {', '.join(map(str, missing))} did not finish (their logs: "
-                            f"{run_dir / '.jobs'}/<n>/run.log); rerun with RESUME={run_dir} to train only those")
+            what = f"{run_dir}: fold job(s) {', '.join(map(str, missing))} did not finish"
+            then = f"rerun with RESUME={run_dir} to train only those"
+            fault = machine_fault(run_dir)
+            if fault:  # a full disk, say: the machine's fault, not the input's (exit 75)
+                raise EnvironmentFault(f"{what} ({fault}); fix it and {then}")
+            raise DataError(f"{what} (their logs: {run_dir / '.jobs'}/<n>/{RunDir.LOG}); {then}")
         for fold in folds:  # the jobs' lines, in this run's console and run.log too
-            log.info(fold_line(fold, read_result(fold_dir(run_dir, fold) / "result.json"), cfg))
+            log.info(fold_line(fold, RunDir(run_dir).fold(fold).read_result(), cfg))
     return finish(cfg, run_dir, data, str(cfg.name), {"wall_time_s": round(time.perf_counter() - started, 1),
                                                          "processes": 1})
 
@@ -75,7 +96,7 @@ def local_jobs(launcher: str, overrides: list[str], folds: int) -> int | None:
     if launcher == "joblib":
         given = [o.split("=", 1)[1] for o in overrides if override_key(o) == "hydra.launcher.n_jobs"]
         n_jobs = int(given[-1]) if given and given[-1].lstrip("-").isdigit() else -1
-        return min(folds, runtime.usable_cores() if n_jobs < 1 else n_jobs)
+        return min(folds, hardware.usable_cores() if n_jobs < 1 else n_jobs)
     if launcher == "submitit_local":
         return folds
     return None

@@ -20,7 +20,8 @@ from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from ..errors import DataError
+from ..errors import DataError, report
+from ..rundir import RunDir, claim
 
 LOCK, HOLDER = ".lock", ".lock.pid"
 
@@ -138,10 +139,10 @@ class RunLock(Callback):
         if config.get("output") is not None or int(os.environ.get("RANK", 0)) != 0:
             return
         HydraConfig.instance().set_config(config)  # what run_job does first, so that ${hydra:...} resolves
-        run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
-        run_dir.mkdir(parents=True, exist_ok=True)  # as Hydra would next
+        named = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
         try:
+            run_dir = claim(lambda: OmegaConf.select(config, "hydra.run.dir"))  # before Hydra would make it
             hold_run(run_dir)
-        except Busy as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+        except (Busy, OSError) as err:  # another writer; a read-only or full disk
+            then = f"resume with RESUME={named}" if RunDir(named).is_run() else "start the run again"
+            sys.exit(report(err, then=then))

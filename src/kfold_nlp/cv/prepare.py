@@ -18,10 +18,10 @@ from ..data.fingerprint import FREE_KEYS
 from ..data.folds import assign
 from ..data.tables import DataError, load_data
 from ..files import atomic_path, write_csv, write_json
-from ..model.classical import is_classical
+from ..model.classical import check_texts, is_classical
 from ..model.regressor import load_tokenizer, tokenize
 from ..model.tasks import check_columns
-from ..rundir import check_ids, expected_folds, fold_dir, read_run_config
+from ..rundir import RunDir, check_ids, expected_folds, read_csv, read_run_config
 from ..train import snapshot
 from . import distill, lock
 
@@ -38,7 +38,8 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
     and how (``launcher``, ``output``, ``collect``); but a start that collects may not cover fewer folds than a
     collected run has finished: it would cut its oof.csv and its bag to those folds.
     """
-    path = run_dir / "run_config.yaml"
+    run = RunDir(run_dir)
+    path = run.config
     if not path.exists():
         if save:
             with atomic_path(path) as tmp:
@@ -52,9 +53,9 @@ def check_run_config(cfg: DictConfig, run_dir: Path, save: bool = True) -> None:
     if changed:
         _refuse_start(run_dir, save, f"{path}: this run folder was started with another config; resume it with the "
                                      f"same overrides (differing: {', '.join(changed)})")
-    done = [k for k in range(cfg.cv.n_splits) if (fold_dir(run_dir, k) / "result.json").exists()]
-    if cfg.get("collect", True) and (run_dir / "metrics.json").exists() and set(done) - set(expected_folds(cfg)):
-        _refuse_start(run_dir, save, f"{run_dir / 'metrics.json'}: the results cover folds {done}; "
+    done = run.finished(range(cfg.cv.n_splits))
+    if cfg.get("collect", True) and run.is_collected() and set(done) - set(expected_folds(cfg)):
+        _refuse_start(run_dir, save, f"{run.metrics}: the results cover folds {done}; "
                                      f"cv.folds={list(cfg.cv.folds)} would cut them to fewer; resume with cv.folds "
                                      f"covering {done} (or null), or start a new run")
 
@@ -86,7 +87,7 @@ def adopt_run_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     the keys that may differ between starts (``FREE_KEYS``, ``cv.folds``) come from this start. An ``experiment=``
     preset is compared key by key like any start (``check_run_config``).
     """
-    path = Path(cfg.resume) / "run_config.yaml"
+    path = RunDir(cfg.resume).config
     if not path.is_file():
         return cfg  # refused by the schema with one line
     saved = read_run_config(path.parent)
@@ -113,9 +114,10 @@ def _value(cfg, key: str):
 
 def _refuse_start(run_dir: Path, save: bool, message: str) -> None:
     """Hydra has already written the refused start's config: put the run's own back (``predict`` reads it)."""
-    if save and (run_dir / ".hydra").is_dir():
-        with atomic_path(run_dir / ".hydra" / "config.yaml") as tmp:
-            tmp.write_text((run_dir / "run_config.yaml").read_text())
+    run = RunDir(run_dir)
+    if save and run.hydra.is_dir():
+        with atomic_path(run.hydra_config) as tmp:
+            tmp.write_text(run.config.read_text())
     raise DataError(message)
 
 
@@ -160,8 +162,10 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
     train, test = load_data(cfg.data, cfg.cv.n_splits)  # bad input fails here, before anything is written
     check_columns(cfg, train)  # the label columns the task reads (standard_error)
     if test is None and main:
-        log.info("no test file beside %s (data.test_path): no submission.csv", cfg.data.path)
-    folds = assign(train["id"], train["target"], cfg.cv)  # HOLDOUT (-1) for the rows of cv.holdout
+        log.info("no test file beside %s (data.test_path): no %s", cfg.data.path, RunDir.SUBMISSION)
+    folds = assign(train["id"], train["target"], cfg.cv, cfg.data.id_col)  # HOLDOUT (-1) for the rows of cv.holdout
+    if is_classical(cfg.model):  # texts that leave TF-IDF (or one fold's part) no vocabulary: before any write
+        check_texts(cfg.model.estimator, train["text"], cfg.data.path, folds)
     table = pd.DataFrame({"id": train["id"], "fold": folds, "target": train["target"]})
     data_print = fingerprint.of_data(cfg.data.path, train)
     try:
@@ -172,22 +176,24 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
         log.warning("warning: %s", note)
     distiller = distill.load(cfg, table, train, data_print)  # a teacher with other data or folds is refused here
     check_run_config(cfg, run_dir, save=main)  # every process, so none waits for a main process that refused
-    if (run_dir / "folds.csv").exists():  # the same config on the same data: only another library's split differs
-        kept = pd.read_csv(run_dir / "folds.csv", dtype={"id": str})
-        check_ids(run_dir / "folds.csv", kept["id"], table["id"], f"the train file {cfg.data.path}")
+    run = RunDir(run_dir)
+    if run.folds_csv.exists():  # the same config on the same data: only another library's split differs
+        kept = read_csv(run.folds_csv, ("id", "fold"), "start a new run", dtype={"id": str})
+        check_ids(run.folds_csv, kept["id"], table["id"], f"the train file {cfg.data.path}")
         if not np.array_equal(kept["fold"].to_numpy(), folds):
-            raise DataError(f"{run_dir / 'folds.csv'}: the folds differ from this config's; start a new run")
+            raise DataError(f"{run.folds_csv}: the folds differ from this config's; start a new run")
     if main:
         # left by a killed run; not those of a fold job writing beside this one (a launcher's other jobs)
         for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
             if lock.is_free(stale.parent):
                 shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         if not cfg.trainer.keep_snapshot:  # a kill between a fold's result.json and its snapshot's removal
-            for finished in run_dir.glob("fold_*/result.json"):
-                snapshot.remove(finished.parent)
-        write_csv(table, run_dir / "folds.csv")
-        if not (run_dir / fingerprint.NAME).exists():  # the first start's: later starts are compared with it
-            write_json(data_print, run_dir / fingerprint.NAME)
+            for fdir in RunDir(run_dir).fold_dirs():
+                if fdir.finished():
+                    snapshot.remove(fdir.path)
+        write_csv(table, run.folds_csv)
+        if not run.fingerprint.exists():  # the first start's: later starts are compared with it
+            write_json(data_print, run.fingerprint)
     if not texts or is_classical(cfg.model):  # a scikit-learn pipeline reads the texts themselves
         return Prepared(train, test, folds, None, None, None, distiller)
     tokenizer = load_tokenizer(cfg.model)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,16 @@ import pandas as pd
 from omegaconf import OmegaConf
 from safetensors.torch import save_model
 
+from .. import metrics
 from ..data.folds import HOLDOUT
 from ..data.loading import EncodedRows, make_loader
 from ..errors import DataError, OneLineError, refuse
-from ..files import atomic_path, write_csv, write_json
-from ..rundir import REFIT, expected_folds, fold_dir, read_result, read_run_config, unfinished
-from ..train import snapshot
+from ..model.classical import is_classical
+from ..rundir import RunDir, expected_folds, read_run_config, unfinished
+from ..train import selection, snapshot
+from ..train.device import make_accelerator
 from ..train.loop import predict, train_fold
-from ..train.runtime import make_accelerator, stream_seed
+from ..train.seeds import stream_seed
 from . import lock
 from .fold import build_fold_model
 from .prepare import prepare
@@ -46,6 +47,9 @@ def refit(run_dir: Path) -> dict:
     """Train and write ``<run>/refit/`` (model, test and holdout predictions, then ``result.json``)."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    if is_classical(cfg.model):  # checked before the lock and any folder: nothing is written
+        raise DataError(f"{run_dir}: a scikit-learn run has no refit (its pipelines train in one fit, not for a "
+                        f"number of steps); predict with its fold models: make predict RUN={run_dir}")
     lock.hold_run(run_dir)
     folds = expected_folds(cfg)
     if missing := unfinished(run_dir, folds):
@@ -54,15 +58,15 @@ def refit(run_dir: Path) -> dict:
     if cfg.get("distill") is not None and cfg.distill.teacher is not None:
         raise DataError(f"{run_dir}: distilled from {cfg.distill.teacher}, whose fold models saw every row: a refit "
                         f"would learn soft targets of its own validation rows; refit the teacher instead")
-    results = {k: read_result(fold_dir(run_dir, k) / "result.json") for k in folds}
+    results = {k: RunDir(run_dir).fold(k).read_result() for k in folds}
     data = prepare(cfg, run_dir)  # the data and config checks of a resume, and the tokenized texts
     rows, held = np.flatnonzero(data.folds != HOLDOUT), np.flatnonzero(data.folds == HOLDOUT)
     fold_rows = [int(np.sum((data.folds != k) & (data.folds != HOLDOUT))) for k in folds]
     steps = refit_steps([r["best_step"] for r in results.values()], len(rows), fold_rows)
-    cfg = OmegaConf.merge(cfg, {"trainer": {"select": "ema" if cfg.trainer.select == "ema" else "last",
+    cfg = OmegaConf.merge(cfg, {"trainer": {"select": selection.without_evaluations(cfg.trainer.select),
                                             "also_select": []}})
-    out, workers, targets = run_dir / REFIT, cfg.trainer.num_workers, data.targets
-    out.mkdir(exist_ok=True)
+    out, workers, targets = RunDir(run_dir).refit, cfg.trainer.num_workers, data.targets
+    out.path.mkdir(exist_ok=True)
     accelerator = make_accelerator(cfg.trainer)
     task, model, regularizer = build_fold_model(cfg, len(folds), accelerator.process_index)  # its own streams
 
@@ -72,14 +76,14 @@ def refit(run_dir: Path) -> dict:
         return make_loader(table, data.tokenizer, size, train, stream_seed(cfg.seed, len(folds)), workers)
 
     res = train_fold(model, regularizer, loader(rows, train=True), None, None, cfg, accelerator, fold=len(folds),
-                     task=task, snapshot_dir=out, holdout_loader=loader(held) if len(held) else None,
+                     task=task, snapshot_dir=out.path, holdout_loader=loader(held) if len(held) else None,
                      max_steps=steps, label="refit")
     model.load_state_dict(res.best_state)
     result = {"steps": res.steps, "planned_steps": res.planned_steps, "statistic": STATISTIC,
               "fold_best_steps": [r["best_step"] for r in results.values()], "rows": len(rows),
               "select": cfg.trainer.select, "train_time_s": round(res.train_time, 2)}
     if len(held):
-        result["holdout_rmse"] = math.sqrt(float(np.mean((res.holdout_pred[cfg.trainer.select] - targets[held]) ** 2)))
+        result["holdout_rmse"] = metrics.rmse(targets[held], res.holdout_pred[cfg.trainer.select])
     test_pred = None
     if data.test is not None:
         test_loader = accelerator.prepare(make_loader(EncodedRows(data.test_enc, np.arange(len(data.test))),
@@ -87,16 +91,15 @@ def refit(run_dir: Path) -> dict:
                                                       num_workers=workers))
         test_pred = predict(model, test_loader, accelerator)
     if accelerator.is_main_process:
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_model(model, str(tmp))
+        tables = {}
         if test_pred is not None:
-            write_csv(pd.DataFrame({"id": data.test["id"], "pred": test_pred}), out / "test_pred.csv")
+            tables["test_pred"] = pd.DataFrame({"id": data.test["id"], "pred": test_pred})
         if len(held):
-            write_csv(pd.DataFrame({"id": data.train["id"].iloc[held], "pred": res.holdout_pred[cfg.trainer.select]}),
-                      out / "holdout_pred.csv")
-        write_json(result, out / "result.json")  # last: the refit is done
+            tables["holdout_pred"] = pd.DataFrame({"id": data.train["id"].iloc[held],
+                                                   "pred": res.holdout_pred[cfg.trainer.select]})
+        out.write(result, tables=tables, model_writer=lambda path: save_model(model, str(path)))  # result.json last
         if not cfg.trainer.keep_snapshot:
-            snapshot.remove(out)
+            snapshot.remove(out.path)
     return result
 
 
@@ -109,9 +112,9 @@ def main(argv=None) -> None:
     except (OneLineError, OSError) as err:
         refuse(err, f"refit again (make refit RUN={args.run_dir})", args.run_dir)
     held = f" | holdout RMSE {result['holdout_rmse']:.4f}" if "holdout_rmse" in result else ""
-    print(f"Refit: {args.run_dir / REFIT} | {result['steps']} steps on {result['rows']} rows ({STATISTIC}: folds' "
-          f"best steps {result['fold_best_steps']}), {result['select']} weights{held} (no CV score: no validation "
-          f"rows)")
+    print(f"Refit: {RunDir(args.run_dir).refit.path} | {result['steps']} steps on {result['rows']} rows "
+          f"({STATISTIC}: folds' best steps {result['fold_best_steps']}), {result['select']} weights{held} "
+          f"(no CV score: no validation rows)")
 
 
 if __name__ == "__main__":

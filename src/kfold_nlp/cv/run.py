@@ -8,15 +8,19 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..rundir import expected_folds, fold_dir
+from ..rundir import RunDir, expected_folds
 from ..track.base import group_name
-from ..train.runtime import make_accelerator
+from ..train.device import make_accelerator
 from . import lock
 from .collect import finish
 from .fold import fit_fold
 from .prepare import describe, prepare
 
 log = logging.getLogger(__name__)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def run(cfg: DictConfig, run_dir: Path, job: dict | None = None, after_fold=None) -> dict:
@@ -34,13 +38,18 @@ def run(cfg: DictConfig, run_dir: Path, job: dict | None = None, after_fold=None
     with lock.writing(cfg, run_dir, when=main):  # only rank 0 writes
         data = prepare(cfg, run_dir, main)
         log.info(describe(cfg, run_dir))  # once the folder is accepted: a refused start names no folder
-        group, folds = group_name(cfg, job or {}), expected_folds(cfg)
+        group, folds, trained = group_name(cfg, job or {}), expected_folds(cfg), []
         for i, fold in enumerate(folds):
-            if (fold_dir(run_dir, fold) / "result.json").exists():  # finished before an interruption: keep it
+            if RunDir(run_dir).fold(fold).finished():  # finished before an interruption: keep it
                 log.info("fold %d: kept from the earlier start", fold)
             else:
-                with lock.writing_fold(fold_dir(run_dir, fold), when=main):
-                    fit_fold(cfg, run_dir, fold, data, accelerator, group)
+                began = time.perf_counter()
+                with lock.writing_fold(RunDir(run_dir).fold(fold).path, when=main):
+                    fit_fold(cfg, run_dir, fold, data, accelerator, group, label=f"fold {fold} ({i + 1}/{len(folds)})")
+                trained.append(time.perf_counter() - began)
+                if main and i + 1 < len(folds):
+                    left = sum(trained) / len(trained) * (len(folds) - i - 1)
+                    log.info("%d of %d folds done; about %s left", i + 1, len(folds), _duration(left))
             if after_fold is not None and main:
                 after_fold(run_dir, folds[:i + 1], folds)
         accelerator.wait_for_everyone()

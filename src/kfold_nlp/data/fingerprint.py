@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 
 from ..errors import DataError
 from ..files import read_json
+from ..rundir import RunDir, read_csv
 
-NAME = "fingerprint.json"
+NAME = RunDir.FINGERPRINT
 
 
 FREE_KEYS = ("resume", "logger", "launcher", "output", "collect")  # may differ between starts of one run folder
@@ -93,9 +94,9 @@ def check_data(run_dir: Path, now: dict, folds: pd.DataFrame | None = None) -> l
                             f"put the original back, or start a new run")
         return [] if saved.get("sha256") == now["sha256"] else [
             f"{now['file']}: its bytes changed since this run started, but not the columns the run reads"]
-    kept = run_dir / "folds.csv"
+    kept = RunDir(run_dir).folds_csv
     if folds is not None and kept.is_file():
-        old = pd.read_csv(kept, dtype={"id": str})
+        old = read_csv(kept, ("id",), "start a new run", dtype={"id": str})
         if len(old) == len(folds) and "target" in old and not np.array_equal(old["target"].to_numpy(float),
                                                                             folds["target"].to_numpy(float)):
             row = int(np.flatnonzero(old["target"].to_numpy(float) != folds["target"].to_numpy(float))[0]) + 1
@@ -106,7 +107,7 @@ def check_data(run_dir: Path, now: dict, folds: pd.DataFrame | None = None) -> l
 
 def made_from(run_dir: Path) -> dict:
     """What a fold trained in ``run_dir`` records in its ``result.json``."""
-    return {"data": data_digest(read_json(run_dir / NAME)), "config": config_digest(run_dir / "run_config.yaml")}
+    return {"data": data_digest(read_json(run_dir / NAME)), "config": config_digest(RunDir(run_dir).config)}
 
 
 def check_fold(run_dir: Path, fold_dir: Path, result: dict) -> None:
@@ -118,5 +119,6 @@ def check_fold(run_dir: Path, fold_dir: Path, result: dict) -> None:
     expected = made_from(run_dir)
     changed = [what for what in ("data", "config") if record.get(what) != expected[what]]
     if changed:
-        raise DataError(f"{fold_dir / 'result.json'}: this fold was trained on another {' and '.join(changed)} "
-                        f"than {run_dir}; retrain it (delete {fold_dir.name}/result.json and resume)")
+        result_file = RunDir(run_dir).fold(0).RESULT
+        raise DataError(f"{fold_dir / result_file}: this fold was trained on another {' and '.join(changed)} "
+                        f"than {run_dir}; retrain it (delete {fold_dir.name}/{result_file} and resume)")

@@ -3,9 +3,11 @@
 Parameter groups: no weight decay on biases and LayerNorm weights, a separate head learning rate, and layer-wise
 learning-rate decay (LLRD) down the backbone: the top layer gets ``lr``, the layer ``d`` below it ``lr * llrd**d``,
 and everything in the backbone outside its layer stack ``lr * llrd**n_layers`` (the smallest). That last group is
-the embeddings, plus DeBERTa's ``encoder.rel_embeddings`` and ``encoder.LayerNorm``: they are position embeddings
-shared by every layer's attention, so they are treated like the other embeddings rather than like the top layer.
-The head, the pooling (attention pooling's scorer) and any backbone ``pooler`` are new weights and get ``head_lr``.
+the embeddings, plus DeBERTa's ``encoder.rel_embeddings`` and ``encoder.LayerNorm`` and MPNet's
+``encoder.relative_attention_bias``: they are position embeddings shared by every layer's attention, so they are
+treated like the other embeddings rather than like the top layer (MPNet's, named a bias, is not decayed either, as in
+transformers.Trainer). The head, the pooling (attention pooling's scorer) and any backbone ``pooler`` are new weights
+and get ``head_lr``. Every parameter lands in exactly one group whatever the architecture (test_architectures.py).
 """
 
 from __future__ import annotations

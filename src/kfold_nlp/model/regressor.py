@@ -121,3 +121,30 @@ def build_model(cfg, pretrained: bool | None = None, n_outputs: int = 1) -> Text
     if getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None  # unused by our pooling; unused parameters would break DDP
     return TextRegressor(backbone, cfg.pooling, cfg.head_dropout, n_outputs)
+
+
+def check_backbone(cfg) -> None:
+    """Refuse (``ConfigError``, one line) a ``model`` group whose backbone config or tokenizer does not load, or
+    whose ``max_length`` the backbone cannot take: not above its position embeddings (read from its config, no
+    weights loaded), and room for one token beside the special ones (below that the tokenizer does not truncate at
+    all: it warns and returns whole texts; at it every text would be only ``[CLS] [SEP]``)."""
+    from ..errors import ConfigError
+    from .weights import check_installed
+
+    check_installed(cfg.backbone)  # model=mpnet_base before `make models`: one line naming that command
+    try:
+        config = AutoConfig.from_pretrained(cfg.backbone, **dict(cfg.config_overrides or {}))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.backbone={cfg.backbone}: cannot load its config "
+                          f"({' '.join(str(err).split())[:200]})") from None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and cfg.max_length > limit:
+        raise ConfigError(f"model.max_length={cfg.max_length}: must be <= {limit}, the backbone's positions")
+    try:
+        special = load_tokenizer(cfg).num_special_tokens_to_add()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.tokenizer={cfg.get('tokenizer') or cfg.backbone}: cannot load it "
+                          f"({' '.join(str(err).split())[:200]})") from None
+    if cfg.max_length < special + 1:
+        raise ConfigError(f"model.max_length={cfg.max_length}: must be >= {special + 1}, the tokenizer's "
+                          f"{special} special tokens and one of the text")

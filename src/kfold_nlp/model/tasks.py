@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config.rules import Rule, check_params
+from ..config.rules import Float, check_params
 from ..data.tables import first_bad_row
 from ..errors import ConfigError
 
@@ -31,7 +31,7 @@ class Task:
 
     ``n_outputs`` is the head's width; ``columns`` are the label columns besides ``target`` that the loss reads
     (the data must have them in every row, and the training batches carry them); ``params`` maps each constructor
-    argument (each key of the task's YAML) to its ``rules.Rule``, as for regularizers.
+    argument (each key of the task's YAML) to its type (``config.rules``), as for regularizers.
     """
 
     name = "single"
@@ -105,7 +105,7 @@ class GaussianNLL(Task):
 
     name = "gaussian"
     columns = ("standard_error",)
-    params = {"min_se": Rule(float, gt=0)}
+    params = {"min_se": Float(gt=0)}
 
     def __init__(self, min_se: float = 0.25):
         self.check_params(min_se=min_se)

@@ -10,23 +10,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..analysis.stats import rmse
+from ..errors import Exit
 from ..files import write_json
-from ..rundir import fold_dir
+from ..metrics import rmse
+from ..rundir import RunDir, read_csv
 
 ENV = "KFOLD_NLP_TRIAL"  # set by the search for a trial's process: storage, study, trial id, pruner
 
-PRUNED = "pruned.json"  # in a pruned trial's run folder: after how many folds, at what running CV; no metrics.json
 
 
 class Pruned(Exception):
     """The pruner stopped this trial after a fold: its run folder is marked, no CV is written."""
 
+    exit = Exit.PRUNED
+
 
 def running_cv(run_dir: Path, folds: list[int]) -> float:
     """The RMSE over the out-of-fold rows of ``folds`` so far: the CV score the trial is heading for."""
-    table = pd.read_csv(run_dir / "folds.csv", dtype={"id": str}).set_index("id")
-    oof = pd.concat([pd.read_csv(fold_dir(run_dir, k) / "oof.csv", dtype={"id": str}) for k in folds])
+    run, fix = RunDir(run_dir), "start the trial again"
+    table = read_csv(run.folds_csv, ("id", "target"), fix, dtype={"id": str}).set_index("id")
+    oof = pd.concat([read_csv(run.fold(k).oof, ("id", "pred"), fix, dtype={"id": str}) for k in folds])
     return rmse(table.loc[oof["id"], "target"].to_numpy(float), oof["pred"].to_numpy(np.float64))
 
 
@@ -58,7 +61,7 @@ def from_env():
         trial.report(value, step=len(done))
         if len(done) < len(folds) and trial.should_prune():
             write_json({"trial": trial.number, "folds_done": len(done), "of": len(folds), "running_cv_rmse": value,
-                        "pruner": type(study.pruner).__name__}, run_dir / PRUNED)
+                        "pruner": type(study.pruner).__name__}, RunDir(run_dir).pruned)  # no metrics.json
             raise Pruned(f"pruned after {len(done)} of {len(folds)} folds (running CV RMSE {value:.4f})")
 
     return hook

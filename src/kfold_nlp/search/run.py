@@ -22,13 +22,14 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
-from ..analysis.stats import read_oof, rmse_interval
+from ..analysis.stats import read_oof
 from ..config.paths import CONFIG_DIR
-from ..config.schema import validate
+from ..cv.app import check_config
 from ..data.tables import load_data
 from ..errors import ConfigError, DataError, Exit, OneLineError, refuse
 from ..files import write_json
-from ..rundir import expected_folds
+from ..metrics import rmse_interval
+from ..rundir import RunDir, expected_folds
 from . import spec as specs
 from .spec import PREFIX, Param, Search
 from .study import FINISHED, count, open_study, storage_url
@@ -68,7 +69,7 @@ def trial_config(overrides: list[str], sample: list[str]):
     if cfg.get("resume") is not None or cfg.get("launcher") is not None:
         raise ConfigError("resume=, launcher=: not for a search's trials (a trial continues by itself; trials run "
                           "in parallel with hpo.n_jobs=)")
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 
@@ -135,8 +136,10 @@ def search(argv: list[str]) -> int:
     stopped_by = []
 
     def on_signal(signum, frame):
-        if trials.stopping.is_set():  # a second Ctrl-C: now
-            raise KeyboardInterrupt
+        if trials.stopping.is_set():  # a second Ctrl-C: now; a second SIGTERM (make forwards one): as the first
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         log.info("stopping: the running trials end now and are queued again (their finished folds are kept)")
         stopped_by.append(signum)
         trials.stop()
@@ -174,7 +177,7 @@ def closing_lines(study, n_trials: int, url: str, folder: Path, wall: float) -> 
         return "\n".join([*lines, "no trial finished yet"])
     run_dir = Path(best.user_attrs.get("run_dir", ""))
     interval = ""
-    if (run_dir / "oof.csv").exists():
+    if RunDir(run_dir).oof.exists():
         oof = read_oof(run_dir)
         i = rmse_interval(oof["target"].to_numpy(float), oof["pred"].to_numpy(float), oof["fold"].to_numpy())
         interval = f" [{i.lo:.4f}, {i.hi:.4f}]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -12,42 +13,52 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from ..config.paths import resource
+from ..config.rules import Int, invalid, one_line, plain
 from ..errors import ConfigError
 
 PREFIX = "hpo."  # a command-line override of the search itself; every other one goes to each trial
+PRUNERS = ("none", "median", "halving")
+# A preset's unknown key is refused; a number where a name is expected is that name (``hpo.study=2024``).
+SPEC = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
-@dataclass
+def _pruner(name: str) -> str:
+    if name not in PRUNERS:
+        raise invalid(f"not a pruner; one of {', '.join(PRUNERS)}")
+    return name
+
+
+@pydantic_dataclass(config=SPEC)
 class Sampler:
-    seed: int | None = 42  # same seed, same trials (one worker; parallel trials interleave)
-    n_startup_trials: int = 5  # random trials before TPE models the results
+    seed: Int() | None = 42  # same seed, same trials (one worker; parallel trials interleave)
+    n_startup_trials: Int(ge=0) = 5  # random trials before TPE models the results
 
 
-@dataclass
+@pydantic_dataclass(config=SPEC)
 class Pruner:
-    name: str = "median"  # none | median | halving: Optuna's NopPruner, MedianPruner, SuccessiveHalvingPruner
-    n_startup_trials: int = 3  # median: trials that run every fold before any trial is pruned
-    n_warmup_folds: int = 0  # median: folds every trial runs before it can be pruned
-    reduction_factor: int = 3  # halving: a trial goes on past a rung when in the best 1/reduction_factor there
+    name: Annotated[str, AfterValidator(_pruner)] = "median"  # none | median | halving: Optuna's NopPruner,
+    # MedianPruner, SuccessiveHalvingPruner
+    n_startup_trials: Int(ge=0) = 3  # median: trials that run every fold before any trial is pruned
+    n_warmup_folds: Int(ge=0) = 0  # median: folds every trial runs before it can be pruned
+    reduction_factor: Int(ge=2) = 3  # halving: a trial goes on past a rung when in the best 1/reduction_factor there
 
 
-@dataclass
+@pydantic_dataclass(config=SPEC)
 class Search:
     params: dict[str, str] = field(default_factory=dict)  # key -> interval(lo, hi), tag(log, interval(..)), choice(..)
     overrides: list[str] = field(default_factory=list)  # every trial's own fixed overrides (its regularizer, ...)
     study: str | None = None  # null: <preset>-<data.name>
     storage: str | None = None  # any Optuna RDB URL; null: sqlite:///<dir>/study.db
     dir: str | None = None  # the trials' run folders; null: outputs/hpo/<study>
-    n_trials: int = 20  # finished trials (complete or pruned) the study ends with, whatever the number of starts
-    n_jobs: int = 1  # trials at once on this machine, each a process with cores / n_jobs threads
-    heartbeat_s: int = 15  # a running trial says it is alive this often; one silent for 4x that is retried
+    n_trials: Int(ge=1) = 20  # finished trials (complete or pruned) the study ends with, whatever the number of starts
+    n_jobs: Int(ge=1) = 1  # trials at once on this machine, each a process with cores / n_jobs threads
+    heartbeat_s: Int(ge=1) = 15  # a running trial says it is alive this often; one silent for 4x that is retried
     sampler: Sampler = field(default_factory=Sampler)
     pruner: Pruner = field(default_factory=Pruner)
-
-
-PRUNERS = ("none", "median", "halving")
 
 
 def preset_path(preset: str) -> Path:
@@ -58,28 +69,36 @@ def preset_path(preset: str) -> Path:
     return resource("conf") / "hpo" / f"{preset}.yaml"
 
 
+def _checked(tree, where: str, prefix: str) -> Search:
+    """``tree`` as a ``Search``, or one line: each key after ``prefix``, an unknown one after ``where`` it came
+    from (the file or the overrides)."""
+    def unknown(key: str, owner: type) -> str:
+        key = key.removeprefix(prefix)
+        return f"{where}: {key}: Key '{key.rpartition('.')[2]}' not in '{owner.__name__}'"
+
+    try:
+        return TypeAdapter(Search).validate_python(tree)
+    except ValidationError as err:
+        raise ConfigError(one_line(err, Search, tree, prefix=prefix, unknown=unknown)) from None
+
+
 def load(preset: str, overrides: list[str]) -> Search:
-    """The preset merged onto the schema, then the ``hpo.<key>=value`` overrides: a wrong key or type is one line
-    naming the file or the override."""
+    """The preset checked against the schema, then with the ``hpo.<key>=value`` overrides: a wrong key or value
+    is one line naming the file or the override."""
     path = preset_path(preset)
     if not path.is_file():
         choices = sorted(p.stem for p in (resource("conf") / "hpo").glob("*.yaml"))
         raise ConfigError(f"{path}: no such search preset; one of {', '.join(choices)} (or a .yaml file)")
-    spec = OmegaConf.structured(Search)
     try:
-        spec = OmegaConf.merge(spec, OmegaConf.load(path))
+        preset_tree = OmegaConf.load(path)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{path}: {_reason(err)}") from None
+    _checked(plain(preset_tree), str(path), f"{path}: ")
     try:
-        spec = OmegaConf.merge(spec, OmegaConf.from_dotlist([o[len(PREFIX):] for o in overrides]))
+        tree = OmegaConf.merge(preset_tree, OmegaConf.from_dotlist([o[len(PREFIX):] for o in overrides]))
     except OmegaConfBaseException as err:
         raise ConfigError(f"{' '.join(overrides)}: {_reason(err)}") from None
-    search: Search = OmegaConf.to_object(spec)
-    if search.pruner.name not in PRUNERS:
-        raise ConfigError(f"hpo.pruner.name={search.pruner.name}: not a pruner; one of {', '.join(PRUNERS)}")
-    for key, low in (("n_trials", 1), ("n_jobs", 1), ("heartbeat_s", 1), ("pruner.reduction_factor", 2)):
-        if OmegaConf.select(spec, key) < low:
-            raise ConfigError(f"hpo.{key}={OmegaConf.select(spec, key)}: must be at least {low}")
+    search = _checked(plain(tree), " ".join(overrides), PREFIX)
     if not search.params:
         raise ConfigError(f"{path}: no params to search (params: {{key: interval(lo, hi)}})")
     space(search.params)  # a bad range is refused before anything starts

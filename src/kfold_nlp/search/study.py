@@ -62,9 +62,11 @@ def open_study(search: Search, folder: Path, identity: dict) -> optuna.Study:
             if attempt == ATTEMPTS - 1:
                 raise ConfigError(f"hpo.storage={url}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
             time.sleep(1 + attempt)  # two searches creating one new storage at once: the other's tables are there
-    sampler = optuna.samplers.TPESampler(seed=search.sampler.seed, n_startup_trials=search.sampler.n_startup_trials)
-    study = optuna.create_study(storage=storage, study_name=search.study, direction="minimize", sampler=sampler,
+    study = optuna.create_study(storage=storage, study_name=search.study, direction="minimize",
                                 pruner=make_pruner(search.pruner), load_if_exists=True)
+    # A restarted search must not replay its first start's random draws: its seed moves on by the trials so far.
+    study.sampler = optuna.samplers.TPESampler(seed=search.sampler.seed + len(study.get_trials(deepcopy=False)),
+                                               n_startup_trials=search.sampler.n_startup_trials)
     saved = study.user_attrs.get("identity")
     if saved is None:
         study.set_user_attr("identity", identity)

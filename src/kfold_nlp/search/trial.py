@@ -16,13 +16,14 @@ from pathlib import Path
 
 import optuna
 
+from ..analysis.callbacks import write_summary
 from ..cv import orphans
-from ..cv.callbacks import write_summary
 from ..errors import Exit
 from ..files import read_json, write_json
-from ..rundir import fold_dir
-from ..train.runtime import THREADS_ENV, usable_cores
-from .report import PRUNED, running_cv, trial_env
+from ..rundir import RunDir
+from ..train.hardware import usable_cores
+from ..train.threads import THREADS_ENV
+from .report import running_cv, trial_env
 from .spec import Param, Pruner, override
 from .study import count
 
@@ -81,7 +82,7 @@ class Trials:
         try:
             while not ended:
                 ended = proc.poll() is not None  # before the last look, so that no finished fold goes unshown
-                done = [k for k in self.folds if (fold_dir(run_dir, k) / "result.json").exists()]
+                done = RunDir(run_dir).finished(self.folds)
                 for n in range(shown + 1, len(done) + 1):  # folds finish in order; a retry starts with its kept
                     log.info("%s: fold %d done (%d of %d), running CV RMSE %.4f", tag, done[n - 1], n,
                              len(self.folds), running_cv(run_dir, done[:n]))
@@ -124,13 +125,14 @@ class Trials:
                     proc.send_signal(signal.SIGTERM)
 
     def _result(self, trial: optuna.Trial, code: int, run_dir: Path, tag: str, wall: float) -> float:
-        if code == Exit.PRUNED and (run_dir / PRUNED).exists():
-            write_json({"status": "pruned", "error": None, "wall_time_s": round(wall, 1)}, run_dir / "job_status.json")
+        run = RunDir(run_dir)
+        if code == Exit.PRUNED and run.pruned.exists():
+            write_json({"status": "pruned", "error": None, "wall_time_s": round(wall, 1)}, run.job_status)
             write_summary(self.folder)
             log.info("%s: %s", tag, _last_line(run_dir / "trial.log"))
             raise optuna.TrialPruned()
-        if code == 0 and (run_dir / "metrics.json").exists():
-            cv = read_json(run_dir / "metrics.json")["cv"]
+        if code == 0 and run.is_collected():
+            cv = run.read_metrics()["cv"]
             self.failed_in_a_row = 0
             log.info("%s: CV RMSE %.4f in %.0f s -> %s", tag, cv["rmse"], wall, run_dir)
             return cv["rmse"]
@@ -138,7 +140,7 @@ class Trials:
             trial.study.stop()
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise Interrupted(f"stopped after {wall:.0f} s; queued again, to continue in {run_dir}")
-        status = run_dir / "job_status.json"
+        status = run.job_status
         error = read_json(status).get("error") if status.exists() else None
         error = error or _last_line(run_dir / "trial.log") or f"exit status {code}"
         if error.startswith(("DataError", "ConfigError", "error:")):

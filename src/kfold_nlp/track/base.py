@@ -40,7 +40,7 @@ class Run:
 class Tracker:
     """Starts runs; this base class is the null tracker (``logger=none``)."""
 
-    params: dict = {}  # each YAML key's rules.Rule, checked by the schema
+    params: dict = {}  # each YAML key's type (config.rules), checked by the schema
 
     def check(self) -> None:
         """Refuse (``ConfigError``) a tracker that cannot log, before the run folder is filled."""

@@ -11,7 +11,7 @@ import csv
 import shutil
 from pathlib import Path
 
-from ..config.rules import Rule
+from ..config.rules import List
 from ..files import read_json, write_csv, write_json
 from .base import Run, Tracker
 
@@ -53,7 +53,7 @@ class CsvRun(Run):
 
 
 class CsvTracker(Tracker):
-    params = {"tags": Rule(list)}
+    params = {"tags": List}
 
     def __init__(self, tags=()):
         self.tags = list(tags)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config.rules import Rule
+from ..config.rules import List
 from .base import Run, Tracker
 
 
@@ -38,7 +38,7 @@ RUNS: list[MemoryRun] = []  # every run started in this process, in order (a tes
 
 
 class MemoryTracker(Tracker):
-    params = {"tags": Rule(list)}
+    params = {"tags": List}
 
     def __init__(self, tags=()):
         self.tags = list(tags)

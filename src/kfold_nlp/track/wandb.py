@@ -17,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..config.rules import Rule
+from ..config.rules import Choice, List, Str
 from ..errors import ConfigError, EnvironmentFault
 from .base import Run, Tracker
 
@@ -84,8 +84,7 @@ EMPTY_LOG = 64  # bytes: an offline .wandb file this small holds its header and 
 class WandbTracker(Tracker):
     """One W&B run per fold, grouped by experiment; an online run needs an API key (``check``)."""
 
-    params = {"mode": Rule(str, choices=MODES), "project": Rule(str),
-              "entity": Rule(str, optional=True), "tags": Rule(list)}
+    params = {"mode": Choice(*MODES), "project": Str, "entity": Str | None, "tags": List}
 
     def __init__(self, mode: str = "offline", project: str = "kfold-nlp", entity: str | None = None, tags=()):
         self.mode, self.project, self.entity, self.tags = mode, project, entity, list(tags)

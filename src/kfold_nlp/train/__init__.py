@@ -1,1 +1,1 @@
-"""One fold's training: the runtime (devices, precision, threads, memory), the loop, snapshots, selection."""
+"""One fold's training: the machine (hardware, precision, threads, memory, seeds), the loop, snapshots, selection."""

@@ -15,13 +15,14 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..errors import DataError
+from .. import metrics
+from ..errors import DataError, Exit
 from ..model.optim import build_optimizer, build_scheduler, weight_penalty
 from ..model.regressor import target_column
 from ..model.regularizers.base import model_inputs
 from ..model.tasks import Task
 from . import selection, snapshot
-from .runtime import stream_seed
+from .seeds import stream_seed
 
 
 @torch.no_grad()
@@ -94,6 +95,8 @@ def micro_batch_groups(loader, k: int):
 
 class Diverged(RuntimeError):
     """A non-finite training loss or validation MSE: the fold stops at once and writes nothing that looks done."""
+
+    exit = Exit.DIVERGED
 
     def __init__(self, fold, step: int, what: str, value: float, precision: str = "fp32"):
         hint = "lower optimizer.lr" + (" or use trainer.precision=fp32" if precision != "fp32" else "")
@@ -183,7 +186,7 @@ class FoldTraining:
         began = time.perf_counter()
         pred = predict(self.model, self.val_loader, self.accelerator)
         result.eval_time += time.perf_counter() - began
-        mse = float(np.mean((pred - self.val_target) ** 2))
+        mse = metrics.mse(self.val_target, pred)
         if not math.isfinite(mse):
             raise Diverged(self.fold, state.step, "validation MSE", mse, tcfg.precision)
         self.model.train()
@@ -212,7 +215,7 @@ class FoldTraining:
             if not policy.known(step) and self.val_loader is not None:
                 began = time.perf_counter()
                 policy.pred = predict(self.model, self.val_loader, self.accelerator)
-                policy.mse, policy.step = float(np.mean((policy.pred - self.val_target) ** 2)), step
+                policy.mse, policy.step = metrics.mse(self.val_target, policy.pred), step
                 result.eval_time += time.perf_counter() - began
             scores = {"val_mse": policy.mse, "step": policy.step}
             result.val_preds[policy.name] = policy.pred

@@ -13,6 +13,7 @@ first renamed to ``snapshot.old``), so a kill at any moment leaves one complete 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..rundir import FoldDir
 
 NAME = "snapshot"
 
@@ -75,6 +78,17 @@ def _contiguous(state: dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
+def _torch_save(obj, named: Path, tmp: Path) -> None:
+    """``torch.save``, whose zip writer reports a full disk without an errno (``unexpected pos``): as the
+    ``OSError`` it is, naming the file, so that the run ends with the one line of a full disk."""
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError as err:
+        if shutil.disk_usage(tmp.parent).free > 64 * 2**20 and "unexpected pos" not in str(err):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(named)) from err
+
+
 def save(fold_dir: Path, *, model_state: dict, optimizer, scheduler, selections: dict, state: dict,
          sampler_state: torch.Tensor | None = None) -> Path:
     """Write ``fold_dir/snapshot`` atomically; ``state`` is the loop's JSON-able counters, ``selections`` each
@@ -82,14 +96,14 @@ def save(fold_dir: Path, *, model_state: dict, optimizer, scheduler, selections:
     fold_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=fold_dir, prefix=f".{NAME}.", suffix=".tmp"))
     try:
-        save_file(_contiguous(model_state), str(tmp / "model.safetensors"))
+        save_file(_contiguous(model_state), str(tmp / FoldDir.MODEL))
         for name, (tensors, pred) in selections.items():
             if tensors is not None:
                 save_file(_contiguous(tensors), str(tmp / f"select_{name}.safetensors"))
             if pred is not None:
                 np.save(tmp / f"select_{name}_pred.npy", np.asarray(pred, dtype=np.float64))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _torch_save(optimizer.state_dict(), fold_dir / NAME / "optimizer.pt", tmp / "optimizer.pt")
+        _torch_save(scheduler.state_dict(), fold_dir / NAME / "scheduler.pt", tmp / "scheduler.pt")
         tensors, plain = rng_state(sampler_state)
         save_file(tensors, str(tmp / "rng.safetensors"))
         (tmp / "rng.json").write_text(json.dumps(plain))
@@ -117,7 +131,7 @@ def _read(path: Path) -> Snapshot:
     if (path / "best.safetensors").exists() or (path / "best_pred.npy").exists():  # from before selection policies
         selections["best"] = part(path / "best.safetensors", path / "best_pred.npy")
     return Snapshot(
-        model=load_file(str(path / "model.safetensors")),
+        model=load_file(str(path / FoldDir.MODEL)),
         optimizer=torch.load(path / "optimizer.pt", weights_only=True),
         scheduler=torch.load(path / "scheduler.pt", weights_only=True),
         selections=selections,

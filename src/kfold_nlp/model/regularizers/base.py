@@ -54,7 +54,7 @@ class LossParts:
 class Regularizer:
     """Plain dropout as the backbone and head were built: the baseline every other regularizer is compared to.
 
-    ``params`` maps each constructor argument (each key of the regularizer's YAML) to its ``rules.Rule``: the
+    ``params`` maps each constructor argument (each key of the regularizer's YAML) to its type (``config.rules``): the
     config is checked against it before a run starts, and the constructor checks it again for direct use.
     """
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.rules import PROBABILITY, Rule
+from ...config.rules import PROBABILITY, Str
 from ...errors import ConfigError
 from .base import Regularizer, set_dropout
 
@@ -66,7 +66,7 @@ class Mixout(Regularizer):
     ``"layer\\.(4|5)\\."``). The new head and pooler have no pretrained weights to mix towards and stay plain.
     """
 
-    params = {"p": PROBABILITY, "layers": Rule(str)}
+    params = {"p": PROBABILITY, "layers": Str}
 
     def __init__(self, p: float = 0.1, layers: str = "all"):
         self.check_params(p=p, layers=layers)

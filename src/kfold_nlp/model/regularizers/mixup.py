@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...config.rules import Rule
+from ...config.rules import Choice, Float
 from .base import LABEL_KEYS, LossFn, LossParts, Regularizer, model_inputs
 
 
@@ -46,7 +46,7 @@ class Mixup(Regularizer):
     """
 
     # float32 Beta sampling degenerates outside this range: alpha 1e-30 draws 0.5 every time, 1e39 overflows
-    params = {"alpha": Rule(float, ge=0.01, le=100, also=(0,))}
+    params = {"alpha": Choice(0) | Float(ge=0.01, le=100)}
 
     def __init__(self, alpha: float = 0.4):
         self.check_params(alpha=alpha)

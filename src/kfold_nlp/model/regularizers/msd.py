@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.rules import PROBABILITY, Rule
+from ...config.rules import PROBABILITY, Choice, Int
 from ..regressor import head_outputs
 from .base import LossFn, LossParts, Regularizer, model_inputs
 
@@ -45,7 +45,7 @@ class MultiSampleDropout(Regularizer):
     averaged prediction (common in Kaggle heads; for MSE it is smaller by the variance across samples).
     """
 
-    params = {"k": Rule(int, ge=1), "p": PROBABILITY, "reduce": Rule(str, choices=REDUCTIONS)}
+    params = {"k": Int(ge=1), "p": PROBABILITY, "reduce": Choice(*REDUCTIONS)}
 
     def __init__(self, k: int = 8, p: float = 0.5, reduce: str = "loss"):
         self.check_params(k=k, p=p, reduce=reduce)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.rules import Rule
+from ...config.rules import Bool, Float
 from ..regressor import target_column
 from .base import LossFn, LossParts, Regularizer, model_inputs
 
@@ -46,7 +46,7 @@ class RDrop(Regularizer):
     output has the batch as its first dim (not a Multi-Sample-Dropout ``K x batch``).
     """
 
-    params = {"alpha": Rule(float, ge=0), "single_forward": Rule(bool)}
+    params = {"alpha": Float(ge=0), "single_forward": Bool}
 
     def __init__(self, alpha: float = 1.0, single_forward: bool = True):
         self.check_params(alpha=alpha, single_forward=single_forward)

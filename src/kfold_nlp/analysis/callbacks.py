@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
 from ..files import write_json
+from ..rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 def write_summary(sweep_dir: Path, run_dir: Path | None = None) -> str | None:
     """The summary's ``best trial:`` line (``run_dir``: the fold jobs' table of that run instead). Never raises: a
     summary problem must not fail the job that triggered it (the next job rewrites it)."""
-    from ..analysis.summary import best_trial, write_fold_jobs, write_sweep  # pandas once a job has run
+    from .sweep import best_trial, write_fold_jobs, write_sweep  # pandas once a job has run
 
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,7 @@ class SweepSummary(Callback):
         write_json({"status": "failed" if failed else "ok",
                     "error": " ".join(f"{type(err).__name__}: {err}".split())[:500] if failed else None,
                     "wall_time_s": round(time.perf_counter() - getattr(self, "_started", time.perf_counter()), 1)},
-                   out / "job_status.json")
+                   RunDir(out).job_status)
         if config.get("output") is not None:  # a fold job of a launcher: the table of the run's fold jobs
             write_summary(out.parent, run_dir=Path(config.output))
             return
