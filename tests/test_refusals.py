@@ -145,3 +145,27 @@ def test_make_refuses_a_word_the_target_does_not_read():
     proc = subprocess.run(["make", "-n", "cv", "EXP=smoke", "ARGS=model=tiny"], cwd=ROOT, capture_output=True,
                           text=True)
     assert proc.returncode == 0 and "experiment=smoke model=tiny" in proc.stdout
+
+
+def test_a_search_preset_that_is_not_yaml_is_one_line(tmp_path):
+    from kfold_nlp.errors import ConfigError
+    from kfold_nlp.search import spec
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params: {model.estimator.alphas: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(.* at line \d+\)$"):
+        spec.load(str(bad), [])
+
+
+def test_a_search_storage_under_a_file_is_the_machines_fault_in_one_line(tmp_path):
+    from kfold_nlp.search import spec
+    from kfold_nlp.search.study import open_study
+
+    (tmp_path / "file").write_text("not a folder\n")
+    search = spec.load("tfidf_ridge", [f"hpo.storage=sqlite:///{tmp_path / 'file' / 'sub' / 'study.db'}"])
+    with pytest.raises(OSError) as err:
+        open_study(search, tmp_path, {"overrides": [], "params": dict(search.params)})
+    from kfold_nlp.errors import environment_fault
+
+    fault = environment_fault(err.value)
+    assert fault is not None and fault.exit == Exit.ENVIRONMENT and str(tmp_path / "file") in str(fault)

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [f"{sys.argv[0]} cv", *rest]
         module.run()
     else:
+        sys.argv = [f"kfold-nlp {command}", *rest]  # argparse's usage line names the subcommand
         module.main(rest)
 
 

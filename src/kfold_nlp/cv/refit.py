@@ -104,7 +104,7 @@ def refit(run_dir: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].replace("``", "").strip("`"))
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     try:

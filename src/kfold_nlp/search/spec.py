@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import optuna
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from hydra.errors import HydraException
@@ -93,6 +94,10 @@ def load(preset: str, overrides: list[str]) -> Search:
         preset_tree = OmegaConf.load(path)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{path}: {_reason(err)}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:  # not YAML at all: the problem and its line
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML ({getattr(err, 'problem', None) or err}{at})") from None
     _checked(plain(preset_tree), str(path), f"{path}: ")
     try:
         tree = OmegaConf.merge(preset_tree, OmegaConf.from_dotlist([o[len(PREFIX):] for o in overrides]))
