@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny randomly initialised models on a small generated set, and the real entry point called in this
-process (``cli``), so that each run takes seconds and no test pays for a process it does not need."""
+"""Shared fixtures: tiny randomly initialised models on a small generated set, the real entry point called in this
+process (``cli``), and the work that needs other processes run in the background (``in_background``), so that each
+run takes seconds and no test waits for a process it does not need."""
 
 from __future__ import annotations
 
@@ -233,6 +234,18 @@ def run_process(*argv: str, check: bool = True, cwd: Path = ROOT, **popen) -> su
     return proc
 
 
+def kill_when(command: list[str], *, stderr: str | None = None, exists=(), globs=(), children: bool = False) -> dict:
+    """``command`` under tests/kill_when.py: SIGKILLed (or, with ``children``, its own child processes) the moment
+    ``stderr`` shows on its stderr, every path of ``exists`` exists and every pattern of ``globs`` matches. Returns
+    whether that happened, the command's exit status and its stderr's tail."""
+    flags = [*(["--stderr", stderr] if stderr else []), *(x for p in exists for x in ("--exists", str(p))),
+             *(x for p in globs for x in ("--glob", str(p))), *(["--children"] if children else [])]
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_when.py"), *flags, "--", *map(str, command)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def start_until(overrides: list[str], marker: bytes, **popen) -> subprocess.Popen:
     """Start the real entry point in another process (to be killed or signalled) and return it once its stderr (the
     progress bars) has shown ``marker``."""
@@ -251,20 +264,35 @@ def start_until(overrides: list[str], marker: bytes, **popen) -> subprocess.Pope
 ENV = dict(os.environ)  # what the processes of background work get: a command in this process changes os.environ
 BACKGROUND: dict[str, Callable[[Path, Path], Any]] = {}  # fixture name -> its work, fn(folder, tiny data)
 _JOBS: dict[str, Future] = {}
+_ARGS: dict[str, tuple[Path, Path]] = {}
 _QUEUE: queue.Queue = queue.Queue()
+_TAKING = threading.Lock()
+_SESSION: dict = {}  # the session's tmp_path_factory, the tiny set's folder (background work reads it), the worker
+
+
+def _tiny_data(factory: pytest.TempPathFactory) -> Path:
+    if "tiny_data" not in _SESSION:
+        from kfold_nlp.data.synthetic import make_synthetic
+
+        base = factory.mktemp("tiny_run")
+        make_synthetic(base / "data", **TINY_DATA)
+        _SESSION["tiny_data"] = base / "data"
+    return _SESSION["tiny_data"]
 
 
 def in_background(fn: Callable[[Path, Path], Any]):
     """A session fixture named as ``fn`` whose value is ``fn(folder, tiny_data)``, computed in a background thread:
     started once the session is collected, if a selected test needs it, one at a time in the order the tests need
-    them. The in-process tests keep one core busy; what only starts other processes and reads their files (a
-    torchrun, a killed run, a launcher's or a search's jobs) runs on the other meanwhile. ``fn`` touches nothing of
-    this process (no ``cli``, no os.environ, no working folder): its processes get ``ENV`` and absolute paths."""
+    them (a test that needs one not started yet computes it itself). The in-process tests keep one core busy; what
+    only starts other processes and reads their files (a torchrun, a killed run, a launcher's or a search's jobs)
+    runs on the other meanwhile. ``fn`` touches nothing of this process that a test changes (no ``cli``, no Hydra
+    global, no os.environ, no working folder): its processes get ``ENV`` and absolute paths."""
     BACKGROUND[fn.__name__] = fn
 
     @pytest.fixture(scope="session", name=fn.__name__)
     def fixture(tmp_path_factory):
         _submit(fn.__name__, tmp_path_factory)
+        _run(fn.__name__)  # not started yet: this thread has nothing else to do meanwhile
         return _JOBS[fn.__name__].result()
 
     fixture.__doc__ = fn.__doc__
@@ -272,23 +300,39 @@ def in_background(fn: Callable[[Path, Path], Any]):
 
 
 def _submit(name: str, factory: pytest.TempPathFactory) -> None:
+    _SESSION["factory"] = factory
     if name not in _JOBS:
-        _JOBS[name] = Future()
-        _QUEUE.put((name, factory.mktemp(name), _tiny_data(factory)))
+        _JOBS[name], _ARGS[name] = Future(), (factory.mktemp(name), _tiny_data(factory))
+        _QUEUE.put(name)
         if not _SESSION.get("worker"):
             threading.Thread(target=_work, name="background-work", daemon=True).start()
             _SESSION["worker"] = True
 
 
+def _run(name: str) -> None:
+    """Compute a queued job in this thread, unless another has started it."""
+    job = _JOBS[name]
+    with _TAKING:
+        if job.running() or job.done():
+            return
+        job.set_running_or_notify_cancel()
+    try:
+        job.set_result(BACKGROUND[name](*_ARGS[name]))
+    except BaseException as err:  # noqa: BLE001  (the test that needs it raises it)
+        job.set_exception(err)
+
+
 def _work() -> None:
     while True:
-        name, folder, data = _QUEUE.get()
-        job = _JOBS[name]
-        if job.set_running_or_notify_cancel():
-            try:
-                job.set_result(BACKGROUND[name](folder, data))
-            except BaseException as err:  # noqa: BLE001  (the test that needs it raises it)
-                job.set_exception(err)
+        _run(_QUEUE.get())
+
+
+def background_value(name: str) -> Any:
+    """For background work that builds on another's (a notebook on a sweep): its value, computed first if it was
+    not yet."""
+    _submit(name, _SESSION["factory"])
+    _run(name)
+    return _JOBS[name].result()
 
 
 def pytest_collection_finish(session) -> None:
@@ -359,19 +403,6 @@ def wandb_runs(run_dir: Path) -> list[dict]:
                  "history": [r["history"]["item"] for r in records if r["type"] == "history"]}
         runs.append(info)
     return runs
-
-
-_SESSION: dict = {}  # the tiny set's folder (made once the session is collected: background work reads it), the worker
-
-
-def _tiny_data(factory: pytest.TempPathFactory) -> Path:
-    if "tiny_data" not in _SESSION:
-        from kfold_nlp.data.synthetic import make_synthetic
-
-        base = factory.mktemp("tiny_run")
-        make_synthetic(base / "data", **TINY_DATA)
-        _SESSION["tiny_data"] = base / "data"
-    return _SESSION["tiny_data"]
 
 
 @pytest.fixture(scope="session")

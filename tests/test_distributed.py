@@ -6,18 +6,16 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 import torch
 
 import ddp_steps
-from conftest import ENV, ROOT, fresh_process, in_background, read_metrics, tiny_overrides, wandb_runs
+from conftest import ENV, ROOT, fresh_process, in_background, kill_when, read_metrics, tiny_overrides, wandb_runs
 
 pytestmark = pytest.mark.process  # every test here runs torchrun (see tests/test_tiers.py)
 
@@ -102,23 +100,14 @@ def test_two_nodes_give_the_result_of_one_node(two_node_run, two_process_run):
 @in_background
 def elastic_restart(folder: Path, data: Path) -> SimpleNamespace:
     """``torchrun --max-restarts=1`` of the tiny run (a snapshot every step) whose worker is killed once fold 1 has
-    a snapshot: torchrun restarts it."""
+    a snapshot (tests/kill_when.py): torchrun restarts it."""
     run_dir = folder / "run"
     cmd = [TORCHRUN, "--nnodes", "1", "--nproc_per_node", "1", "--max-restarts", "1", "--rdzv-backend", "c10d",
            "--rdzv-endpoint", f"127.0.0.1:{29900 + os.getpid() % 90}", "-m", "kfold_nlp",
            *tiny_overrides(data, run_dir), "trainer.snapshot_every=1"]
-    agent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        while not (run_dir / "fold_1" / "snapshot" / "state.json").exists():
-            assert agent.poll() is None, "the run ended before fold 1 had a snapshot"
-            time.sleep(0.002)
-        (worker,) = psutil.Process(agent.pid).children()
-        worker.kill()
-        stderr = agent.communicate(timeout=600)[1]
-    finally:
-        agent.kill()
-        agent.wait()
-    return SimpleNamespace(run_dir=run_dir, returncode=agent.returncode, stderr=stderr)
+    agent = kill_when(cmd, exists=[run_dir / "fold_1" / "snapshot" / "state.json"], children=True)
+    assert agent["met"], f"the run ended before fold 1 had a snapshot:\n{agent['stderr']}"
+    return SimpleNamespace(run_dir=run_dir, returncode=agent["returncode"], stderr=agent["stderr"])
 
 
 def test_elastic_restart_continues_the_fold_from_its_snapshot(elastic_restart, tiny_run):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -12,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import cli
+from conftest import ENV, cli, in_background, run_process
 from fake_runs import rows, write_run
 from kfold_nlp.analysis import ensemble, report, stats
 
@@ -188,12 +190,32 @@ def test_sweep_and_ensemble_folders_expand_to_their_runs(two_runs, tmp_path, cap
     assert report.find_ensembles([tmp_path]) == [tmp_path / "e1"]
 
 
+MEMBERS = """
+import sys
+from pathlib import Path
+import numpy as np
+from fake_runs import rows, write_run
+folder, (f, rng) = Path(sys.argv[1]), (rows(400), np.random.default_rng(0))
+write_run(folder / "a", f, f["target"] + rng.normal(0, 0.5, len(f)), rng.normal(size=12), name="baseline")
+write_run(folder / "b", f, f["target"] + rng.normal(0, 0.6, len(f)), rng.normal(size=12), name="rdrop")
+"""
+
+
+@in_background
+def reported_ensemble(folder: Path, data: Path) -> Path:
+    """``two_runs``' members (written by a process of their own: writing a run's config composes it with Hydra,
+    whose global is this process's main thread's), blended by the ensemble command, and the notebook run on the
+    blend (papermill's kernel)."""
+    subprocess.run([sys.executable, "-c", MEMBERS, str(folder)], cwd=Path(__file__).parent, env=ENV, check=True,
+                   capture_output=True)
+    run_process("ensemble", "--wandb-mode", "disabled", folder / "a", folder / "b", "--out", folder / "ens", env=ENV)
+    run_process("report", folder / "ens", env=ENV)
+    return folder / "ens"
+
+
 @pytest.mark.process  # papermill's kernel
-def test_notebook_shows_the_ensemble_folder(two_runs, tmp_path, capsys):
-    _, a, b = two_runs
-    assert blend_cli(capsys, a, b, "--out", tmp_path / "ens")[0] == 0
-    report.render([str(tmp_path / "ens")])
-    nb = nbformat.read(tmp_path / "ens" / "oof_analysis.ipynb", as_version=4)
+def test_notebook_shows_the_ensemble_folder(reported_ensemble):
+    nb = nbformat.read(reported_ensemble / "oof_analysis.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     texts = [o["data"].get("text/plain", "") + o["data"].get("text/markdown", "") for o in outputs if "data" in o]

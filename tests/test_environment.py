@@ -4,20 +4,21 @@ command continues the run once the fault is gone."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
 import resource
 import shutil
 import signal
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import cli, copy_run, run_process
+from conftest import ROOT, cli, copy_run
 from kfold_nlp.cv import collect
 from kfold_nlp.errors import Exit
 from kfold_nlp.files import LogFile, atomic_path
@@ -73,14 +74,19 @@ def unreachable_wandb():
             wandb.teardown()
 
 
-def no_root_override():
-    """Root writes into a read-only folder anyway: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (prctl
-    PR_CAPBSET_DROP) so that the folder's mode holds for the command too (from its ``exec`` on: a process's own)."""
-    if os.geteuid() == 0:
-        libc = ctypes.CDLL(None, use_errno=True)
-        for cap in (1, 2):
-            if libc.prctl(24, cap, 0, 0, 0) != 0:
-                os._exit(99)  # the test skips on this code
+# Root writes into a read-only folder anyway: this drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding
+# set (prctl PR_CAPBSET_DROP), then execs the command, which so starts without them and the folder's mode holds for
+# it. A process of its own, not a preexec_fn: this one has threads (background work), where forking to run Python
+# code before exec is unsafe.
+WITHOUT_ROOT_OVERRIDE = """
+import ctypes, os, sys
+if os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            os._exit(99)  # the test skips on this code
+os.execv(sys.argv[1], sys.argv[1:])
+"""
 
 
 FAULTS = {  # while the command runs, its logger, what the line names (after "error: ") and says
@@ -119,8 +125,9 @@ def test_a_read_only_run_folder_ends_in_one_line_and_the_resume_finishes_the_run
     before = files(run_dir)
     run_dir.chmod(0o555)
     try:
-        proc = run_process("cv", f"resume={run_dir}", "logger.mode=disabled", check=False,
-                           preexec_fn=no_root_override)
+        proc = subprocess.run([sys.executable, "-c", WITHOUT_ROOT_OVERRIDE, sys.executable, "-m", "kfold_nlp.cli", "cv",
+                               f"resume={run_dir}", "logger.mode=disabled"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)
     finally:
         run_dir.chmod(0o755)
     if proc.returncode == 99:

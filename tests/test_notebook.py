@@ -4,6 +4,7 @@ sweep test, and its helpers."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, cli, read_metrics
+from conftest import ENV, ROOT, background_value, in_background, read_metrics, run_process
 from kfold_nlp.analysis import report
 from test_sweep import two_job_sweep  # noqa: F401  (the shared session fixture)
 
@@ -25,9 +26,17 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
 
 
+@in_background
+def reported_sweep(folder: Path, data: Path) -> Path:
+    """The shared sweep with the notebook run on it (papermill's kernel): what `make notebook RUNS=<sweep>` runs."""
+    sweep = background_value("two_job_sweep")
+    run_process("report", sweep, env=ENV)
+    return sweep
+
+
 @pytest.mark.process  # papermill's kernel
-def test_notebook_executes_headless_on_the_sweep_and_compares_both_jobs(two_job_sweep):
-    cli("report", two_job_sweep)  # what `make notebook RUNS=<sweep>` runs
+def test_notebook_executes_headless_on_the_sweep_and_compares_both_jobs(reported_sweep):
+    two_job_sweep = reported_sweep
     html = (two_job_sweep / "oof_analysis.html").read_text()
     nb = nbformat.read(two_job_sweep / "oof_analysis.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
@@ -42,7 +51,7 @@ def test_notebook_executes_headless_on_the_sweep_and_compares_both_jobs(two_job_
     assert "report.find_runs(" not in html  # code hidden
 
 
-@pytest.mark.slow
+@pytest.mark.process  # the sweep (test_sweep.py)
 def test_helpers_find_runs_and_read_texts(two_job_sweep):
     runs = report.find_runs(str(two_job_sweep))
     assert [r.name for r in runs] == ["0", "1"] and report.find_runs([runs[1]]) == [runs[1]]
@@ -59,7 +68,7 @@ def test_helpers_find_runs_and_read_texts(two_job_sweep):
         report.find_runs([two_job_sweep / "missing"])
 
 
-@pytest.mark.slow
+@pytest.mark.process  # the sweep (test_sweep.py)
 def test_repeated_names_are_labelled_by_their_overrides(two_job_sweep, tmp_path):
     runs = []
     for job, lr in [("0", "1e-5"), ("1", "3e-5")]:
@@ -69,7 +78,7 @@ def test_repeated_names_are_labelled_by_their_overrides(two_job_sweep, tmp_path)
     assert report.load_runs(runs)["label"].tolist() == ["baseline optimizer.lr=1e-5", "baseline optimizer.lr=3e-5"]
 
 
-@pytest.mark.slow
+@pytest.mark.process  # the sweep (test_sweep.py)
 def test_bagged_vs_single_fold_rmse_where_test_labels_exist(two_job_sweep, tmp_path):
     run = shutil.copytree(two_job_sweep / "0", tmp_path / "run", ignore=shutil.ignore_patterns("wandb"))
     cfg = report.run_config(run)

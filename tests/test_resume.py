@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-import psutil
 import pytest
 import yaml
 from filelock import FileLock
@@ -23,11 +21,10 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from conftest import (
-    ENV,
-    ROOT,
     assert_stopped_with_one_line,
     cli,
     in_background,
+    kill_when,
     read_metrics,
     signal_when,
     start_until,
@@ -37,6 +34,7 @@ from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.cv import lock
 from kfold_nlp.cv.prepare import check_run_config
 from kfold_nlp.errors import DataError
+from kfold_nlp.train import snapshot
 
 TEMP = re.compile(r"\..+\.tmp")  # files.atomic_path's temporary names
 
@@ -60,12 +58,17 @@ def assert_same_results(run_dir: Path, reference: Path) -> None:
 
 
 def assert_nothing_half_written(run_dir: Path, folds: pd.DataFrame, n_test: int) -> None:
-    """Every file is a temporary (dot name, .tmp) or complete: CSVs have all their rows, the rest parse."""
+    """Every file is a temporary (dot name, .tmp, or in such a folder) or complete: CSVs have all their rows, a
+    snapshot reads whole (the kill may come after a fold's first one, on a fast machine), the rest parse."""
     for path in run_dir.rglob("*"):
-        if not path.is_file() or TEMP.fullmatch(path.name) or path.suffix == ".log" or path.name in lock.FILES:
+        parts = path.relative_to(run_dir).parts
+        if not path.is_file() or any(TEMP.fullmatch(p) for p in parts) or path.suffix == ".log" \
+                or path.name in lock.FILES:
             continue
-        rel = path.relative_to(run_dir).as_posix()
-        if path.suffix == ".yaml":
+        rel = "/".join(parts)
+        if re.fullmatch(r"fold_\d+/snapshot(\.old)?", "/".join(parts[:-1])):
+            assert snapshot._read(path.parent).state, rel
+        elif path.suffix == ".yaml":
             assert yaml.safe_load(path.read_text()), rel
         elif path.suffix == ".json":
             assert json.loads(path.read_text()), rel
@@ -81,13 +84,7 @@ def assert_nothing_half_written(run_dir: Path, folds: pd.DataFrame, n_test: int)
             raise AssertionError(f"unexpected file {rel}")
 
 
-def killed(proc: subprocess.Popen) -> None:
-    """SIGKILL ``proc``, then wait for the processes it had started (W&B's service) to end too, so that the folder
-    they wrote into holds still and can be copied."""
-    children = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    psutil.wait_procs(children, timeout=30)
+RUN = [sys.executable, "-m", "kfold_nlp"]
 
 
 @in_background
@@ -95,13 +92,8 @@ def killed_in_fold_1(base: Path, data: Path) -> tuple[Path, Path]:
     """The tiny run with offline W&B, SIGKILLed while fold 1 trains (its progress bar has started): fold 1's W&B run
     is left unfinished. (the folder, for the one test that resumes it where it is: W&B ids name their folder; a copy
     of it as it was, without W&B's files, for the others to copy)."""
-    proc = start_until(tiny_overrides(data, base / "run", logger="wandb"), b"fold 1", env=ENV)
-    try:
-        killed(proc)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    killed = kill_when([*RUN, *tiny_overrides(data, base / "run", logger="wandb")], stderr="fold 1")
+    assert killed["met"] and killed["returncode"] == -signal.SIGKILL, killed["stderr"]
     shutil.copytree(base / "run", base / "as_killed", ignore=shutil.ignore_patterns("wandb"))  # mtimes kept
     return base / "run", base / "as_killed"
 
@@ -109,7 +101,8 @@ def killed_in_fold_1(base: Path, data: Path) -> tuple[Path, Path]:
 @pytest.mark.process  # kill -9
 def test_killed_mid_fold_then_resumed_equals_an_uninterrupted_run(killed_in_fold_1, tiny_run, tiny_data, tmp_path):
     """SIGKILL while fold 1 trains (its progress bar has started), then ``resume=``: fold 0 is kept, fold 1
-    restarts, and oof.csv, submission.csv and metrics.json equal the uninterrupted run's."""
+    restarts (or continues from its epoch-end snapshot), and oof.csv, submission.csv and metrics.json equal the
+    uninterrupted run's."""
     data, run_dir = tiny_data, tmp_path / "run"
     shutil.copytree(killed_in_fold_1[1], run_dir)  # mtimes kept (copy2)
     assert (run_dir / "fold_0" / "result.json").exists() and not (run_dir / "fold_1" / "result.json").exists()
@@ -175,50 +168,47 @@ def test_a_cut_run_config_of_a_folder_started_into_again_is_one_line(tmp_path):
         check_run_config(cfg, tmp_path)
 
 
-def kill_at(overrides: list[str], ready) -> None:
-    """Start a CV run and SIGKILL it as soon as ``ready()`` holds (polled every 2 ms)."""
-    proc = subprocess.Popen([sys.executable, "-m", "kfold_nlp", *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ENV)
-    try:
-        while not ready():
-            assert proc.poll() is None, "the run ended before the kill point"
-            time.sleep(0.002)
-        killed(proc)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-KILL_POINTS = {  # when to send SIGKILL: a predicate on the run folder
-    "fold 1 has its first snapshot": lambda run: (run / "fold_1" / "snapshot" / "state.json").exists(),
-    "fold 0 writes its second snapshot": lambda run: (run / "fold_0" / "snapshot" / "state.json").exists()
-    and bool(list((run / "fold_0").glob(".snapshot.*.tmp"))),
+KILL_POINTS = {  # when to send SIGKILL: (paths that exist, patterns that match) in the run folder
+    "fold 1 has its first snapshot": (["fold_1/snapshot/state.json"], []),
+    "fold 0 writes its second snapshot": (["fold_0/snapshot/state.json"], ["fold_0/.snapshot.*.tmp"]),
 }
 EVERY = ["trainer.snapshot_every=1"]
+
+
+def kill_at(overrides: list[str], run_dir: Path, point: str) -> None:
+    """Start a CV run and SIGKILL it at ``KILL_POINTS[point]`` (tests/kill_when.py)."""
+    exists, globs = KILL_POINTS[point]
+    killed = kill_when([*RUN, *overrides], exists=[run_dir / p for p in exists], globs=[run_dir / p for p in globs])
+    assert killed["met"], f"the run ended before the kill point:\n{killed['stderr']}"
 
 
 @in_background
 def killed_at_fold_1s_snapshot(folder: Path, data: Path) -> Path:
     """The tiny run with offline W&B and a snapshot every step, SIGKILLed as soon as fold 1 has its first snapshot;
     each test resumes a copy."""
-    run_dir = folder / "run"
-    first_snapshot = KILL_POINTS["fold 1 has its first snapshot"]
-    kill_at([*tiny_overrides(data, run_dir, logger="wandb"), *EVERY], lambda: first_snapshot(run_dir))
-    return run_dir
+    kill_at([*tiny_overrides(data, folder / "run", logger="wandb"), *EVERY], folder / "run",
+            "fold 1 has its first snapshot")
+    return folder / "run"
+
+
+@in_background
+def killed_writing_a_snapshot(folder: Path, data: Path) -> Path:
+    """The tiny run with a snapshot every step, SIGKILLed while fold 0 writes its second snapshot."""
+    kill_at([*tiny_overrides(data, folder / "run"), *EVERY], folder / "run", "fold 0 writes its second snapshot")
+    return folder / "run"
 
 
 @pytest.mark.process  # kill -9
-@pytest.mark.parametrize("kill_when", KILL_POINTS)
-def test_killed_after_or_during_a_snapshot_resumes_mid_fold_to_the_same_results(kill_when, tiny_run, tiny_data,
-                                                                                 tmp_path, killed_at_fold_1s_snapshot):
-    """SIGKILL as soon as fold 1 has a snapshot (mid-fold), or while fold 0 writes one (here, polled every 2 ms: a
-    moment a busier thread could miss); ``resume=`` continues the fold from its snapshot (the log says from which
-    step) and ends with the uninterrupted run's files."""
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_killed_after_or_during_a_snapshot_resumes_mid_fold_to_the_same_results(point, tiny_run, tiny_data, tmp_path,
+                                                                                 killed_at_fold_1s_snapshot,
+                                                                                 killed_writing_a_snapshot):
+    """SIGKILL as soon as fold 1 has a snapshot (mid-fold), or while fold 0 writes one; ``resume=`` continues the
+    fold from its snapshot (the log says from which step) and ends with the uninterrupted run's files."""
     data, run_dir = tiny_data, tmp_path / "run"
-    if kill_when == "fold 1 has its first snapshot":
-        shutil.copytree(killed_at_fold_1s_snapshot, run_dir, ignore=shutil.ignore_patterns("wandb"))
-    else:
-        kill_at([*tiny_overrides(data, run_dir), *EVERY], lambda: KILL_POINTS[kill_when](run_dir))
+    killed = {"fold 1 has its first snapshot": killed_at_fold_1s_snapshot,
+              "fold 0 writes its second snapshot": killed_writing_a_snapshot}[point]
+    shutil.copytree(killed, run_dir, ignore=shutil.ignore_patterns("wandb"))
     assert not (run_dir / "metrics.json").exists()
     assert list(run_dir.glob("fold_*/snapshot*/state.json"))  # a complete snapshot survived the kill
 

@@ -1,6 +1,7 @@
-"""Hydra multirun sweeps through the real CLI (in this process; the joblib and submitit launchers' jobs in their own):
-a complete run folder per job, the sweep summary, W&B runs per job, a failing job, the launchers; and the summary
-tables on hand-made run folders (the Optuna search: test_search.py)."""
+"""Hydra multirun sweeps through the real CLI (a failing job in this process; the shared sweep and the launchers' in
+processes of their own, in the background: conftest): a complete run folder per job, the sweep summary, W&B runs per
+job, a failing job, the joblib / submitit launchers; and the summary tables on hand-made run folders (the Optuna
+search: test_search.py)."""
 
 from __future__ import annotations
 
@@ -64,28 +65,22 @@ def assert_complete_sweep(sweep_dir: Path, n_jobs: int) -> pd.DataFrame:
     return rows
 
 
-_SHARED: dict[str, Path] = {}
+@in_background
+def two_job_sweep(base: Path, data: Path) -> Path:
+    """``regularizer=baseline,msd`` with the basic (sequential) launcher and offline W&B, the real entry point in a
+    process of its own; shared, read-only (test_notebook imports it too: one sweep a session)."""
+    run_process(*sweep_args(base, "regularizer=baseline,msd", logger="wandb"), env=ENV)
+    return base / "sweep"
 
 
-@pytest.fixture(scope="session")
-def two_job_sweep(tmp_path_factory) -> Path:
-    """``regularizer=baseline,msd`` with the basic (sequential) launcher and offline W&B; shared, read-only.
-
-    test_notebook imports this fixture, which registers it a second time: the cache keeps it to one sweep a session.
-    """
-    if "dir" not in _SHARED:
-        _SHARED["dir"], _ = sweep(tmp_path_factory.mktemp("sweep"), "regularizer=baseline,msd", logger="wandb")
-    return _SHARED["dir"]
-
-
-@pytest.mark.slow
+@pytest.mark.process  # the sweep
 def test_sweep_writes_a_run_folder_per_job_and_a_summary_best_first(two_job_sweep):
     rows = assert_complete_sweep(two_job_sweep, 2)
     assert set(rows["swept"]) == {"regularizer=baseline", "regularizer=msd"}
     assert all("model=tiny" in o for o in rows["overrides"])  # the CSV keeps every override
 
 
-@pytest.mark.slow
+@pytest.mark.process  # the sweep
 def test_sweep_wandb_runs_are_grouped_per_job_and_never_shared(two_job_sweep):
     seen = set()
     for job, name in [("0", "baseline"), ("1", "msd")]:

@@ -5,7 +5,8 @@ marked ``slow`` or ``process``; ``process`` tests are ``slow`` too (conftest), s
 (``pytest -m "not slow"``) runs neither, and ``pytest -m process`` lists the tests that still pay for a process.
 
 Read from the test files' ``ast``, so a new test that runs the CLI without the mark fails here instead of making the
-fast tier slow unnoticed.
+fast tier slow unnoticed. A fixture whose work runs in the background (``conftest.in_background``) is read like any
+other: its process is its tests'.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import ROOT, read_metrics, tiny_overrides
+from conftest import ENV, ROOT, in_background, read_metrics, tiny_overrides
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.config.rules import check_params
 from kfold_nlp.cv.fold import saved_run_id
@@ -132,12 +132,19 @@ def test_only_the_wandb_tracker_imports_wandb():
     assert importers == {"track/wandb.py"}
 
 
-@pytest.mark.process  # a fresh interpreter's imports (this one has wandb loaded)
-def test_importing_the_runner_does_not_import_wandb():
+@in_background
+def runner_imports(folder: Path, data: Path) -> str:
+    """Whether a fresh interpreter that imports the runner, the launcher, collect, ensemble and the W&B tracker has
+    wandb loaded."""
     code = ("import sys, kfold_nlp.cv.run, kfold_nlp.cv.launch, kfold_nlp.cv.collect, kfold_nlp.analysis.ensemble, "
             "kfold_nlp.track.wandb; print('wandb' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(ROOT))
-    assert out.stdout.strip() == "False"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                          env=ENV).stdout
+
+
+@pytest.mark.process  # a fresh interpreter's imports (this one has wandb loaded)
+def test_importing_the_runner_does_not_import_wandb(runner_imports):
+    assert runner_imports.strip() == "False"
 
 
 class Killed(Exception):

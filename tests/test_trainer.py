@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import tiny_overrides
+from conftest import ENV, in_background, tiny_overrides
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.cv.run import run as run_cv
 from kfold_nlp.data.loading import EncodedRows, make_loader
@@ -215,11 +217,11 @@ def test_a_fold_continued_from_a_mid_epoch_snapshot_ends_like_an_uninterrupted_o
         torch.testing.assert_close(params[name], value, atol=0, rtol=0)
 
 
-@pytest.mark.process  # glibc's malloc settings are the process's: this one's are set by the runs before
-def test_keep_freed_memory_stops_the_page_faults_of_reallocating_a_big_tensor():
-    """A 64 MiB tensor freed and allocated again, 8 times: glibc unmaps it and the kernel faults in 16k fresh pages
-    each time; with the setting the memory stays in the process and is reused. One fresh process: first with
-    ``KFOLD_NLP_KEEP_FREED_MEMORY=0`` (the setting refused), then with ``=1``."""
+@in_background
+def page_faults(folder: Path, data: Path) -> list[str]:
+    """A fresh process (glibc's malloc settings are the process's: this one's are set by the runs before) that
+    allocates and frees a 64 MiB tensor 8 times, first with ``KFOLD_NLP_KEEP_FREED_MEMORY=0`` (the setting refused),
+    then with ``=1``: what ``keep_freed_memory`` answered and the page faults, each time."""
     import subprocess
     import sys
 
@@ -231,7 +233,15 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocating_a_big_tensor():
               "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
               "os.environ['KFOLD_NLP_KEEP_FREED_MEMORY'] = '0'\nprint(keep_freed_memory(), faults())\n"
               "os.environ['KFOLD_NLP_KEEP_FREED_MEMORY'] = '1'\nprint(keep_freed_memory(), faults())")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env=ENV).stdout.split()
+
+
+@pytest.mark.process  # glibc's malloc settings are the process's: a fresh one
+def test_keep_freed_memory_stops_the_page_faults_of_reallocating_a_big_tensor(page_faults):
+    """A 64 MiB tensor freed and allocated again, 8 times: glibc unmaps it and the kernel faults in 16k fresh pages
+    each time; with the setting the memory stays in the process and is reused."""
+    out = page_faults
     assert out[0] == "False" and out[2] == "True"
     faults = {"0": int(out[1]), "1": int(out[3])}
     if faults["0"] < 8 * 2**14 / 2:
