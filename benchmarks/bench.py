@@ -24,12 +24,15 @@ from omegaconf import OmegaConf
 
 import kfold_nlp  # noqa: F401  (registers the ${minilm_path:} resolver)
 from kfold_nlp.config.paths import CONFIG_DIR
-from kfold_nlp.model.regressor import build_model, load_tokenizer
+from kfold_nlp.errors import ConfigError
+from kfold_nlp.model.regressor import build_model, check_backbone, load_tokenizer
 from kfold_nlp.model.tasks import Task
 from kfold_nlp.train import hardware, threads
+from kfold_nlp.train.compiled import compile_backbone
 from kfold_nlp.train.memory import keep_freed_memory, release_freed_memory
 from kfold_nlp.train.precision import is_emulated
 
+from . import mfu
 from .rows import DEFAULT, HELP, load_rows
 
 # What one training step of conf/regularizer/<name>.yaml may cost against baseline's (PASS or FAIL); a name that is
@@ -121,10 +124,12 @@ class Memory:
 class Run:
     """One regularizer's model, optimizer and step timings."""
 
-    def __init__(self, label, reg_cfg, overrides, model_cfg, device, autocast):
+    def __init__(self, label, reg_cfg, overrides, model_cfg, device, autocast, compiled: bool = False):
         torch.manual_seed(0)
         self.label, self.autocast, self.device = label, autocast, device
         self.model = build_model(model_cfg).to(device).train()
+        if compiled:  # as trainer.compile does
+            compile_backbone(self.model)
         self.regularizer = instantiate(reg_cfg, **overrides)
         self.regularizer.setup(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-5)
@@ -146,6 +151,39 @@ class Run:
         return (time.perf_counter() - start) * 1000
 
 
+def base_size_mfu(args, conf: Path, device, autocast, texts, targets, peak: float) -> list[dict]:
+    """Baseline steps of the base-size model, eager and compiled, interleaved (when its weights are installed)."""
+    model_cfg = OmegaConf.load(conf / "model" / f"{args.base_model}.yaml")
+    try:
+        check_backbone(model_cfg)
+    except ConfigError as err:
+        print(f"\n{args.base_model}: skipped ({err})")
+        return []
+    batches = make_batches(load_tokenizer(model_cfg), texts, targets, args.batch_size, args.max_length, device)
+    reg_cfg = OmegaConf.load(conf / "regularizer" / "baseline.yaml")
+    runs, out, memory = [], [], Memory(device)
+    for label in ["eager", *([] if args.no_compile else ["compiled"])]:
+        memory.start()
+        run = Run(label, reg_cfg, {}, model_cfg, device, autocast, compiled=label == "compiled")
+        first = [run.step(batch) for batch in batches[:args.warmup]]
+        runs.append((run, first, memory.added_mib()))
+    for batch in batches[args.warmup:]:
+        for run, _, _ in runs:
+            run.times.append(run.step(batch))
+    print(f"\n{args.base_model} (baseline, batch {args.batch_size}, max_length {args.max_length}, {args.precision}; "
+          f"mem = {memory.kind} by building the model and its warm-up steps)")
+    for run, first, added in runs:
+        flops = sum(mfu.train_flops(run.model.backbone.config, mfu.real_lengths(b["attention_mask"]))
+                    for b in batches[args.warmup:])
+        tflops = flops / (sum(run.times) / 1000) / 1e12
+        out.append({"regularizer": f"{args.base_model} {run.label}", "ms_per_step": statistics.median(run.times),
+                    "steps_ms": run.times, "first_step_ms": first[0] if first else None, "tflops": tflops,
+                    "mfu": tflops * 1e12 / peak, "mem_added_mib": added})
+        print(f"  {run.label:<9} {out[-1]['ms_per_step']:>8.0f} ms/step, {tflops:.3f} TFLOP/s, MFU "
+              f"{100 * out[-1]['mfu']:.1f}% (first step {out[-1]['first_step_ms'] / 1000:.1f} s), mem {added:.0f} MiB")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per regularizer (median reported)")
@@ -158,6 +196,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--data", default=DEFAULT, help=HELP)
     parser.add_argument("--out", type=Path, help="also write the results here as JSON")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled baseline (trainer.compile)")
+    parser.add_argument("--base-model", default="mpnet_base",
+                        help="a base-size conf/model/<name>.yaml whose eager and compiled MFU is measured too, when "
+                             "its weights are installed (make models); 'none' skips it")
     args = parser.parse_args(argv)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -181,32 +223,42 @@ def main(argv=None) -> int:
 
     memory = Memory(device)
     print(hardware.header(hardware.record()))
+    print(mfu.describe_peaks([args.precision], str(device)))
     print(f"model={args.model} device={device} threads={torch.get_num_threads()} precision={args.precision}{emulated} "
           f"batch={args.batch_size} max_length={args.max_length} warmup={args.warmup} steps={args.steps}")
     # Build and warm up one run at a time (so its memory can be measured), then time the steps round-robin:
     # on a shared machine, load from other processes then hits every regularizer alike instead of one of them.
     Run("warm-up", OmegaConf.load(conf / "regularizer" / "baseline.yaml"), {}, model_cfg, device, autocast).step(
         batches[0])  # one-time allocations (thread pools, kernels) would otherwise count against the first run
+    runs_conf += [] if args.no_compile else [("baseline+compile", "baseline", {})]
     runs, results = [], []
     for label, name, overrides in runs_conf:
         memory.start()
         run = Run(label, OmegaConf.load(conf / "regularizer" / f"{name}.yaml"), overrides, model_cfg, device,
-                  autocast)
-        for batch in batches[:args.warmup]:
-            run.step(batch)
+                  autocast, compiled=label.endswith("+compile"))
+        warmup = [run.step(batch) for batch in batches[:args.warmup]]
         runs.append(run)
         results.append({"regularizer": label, "config": f"{name}.yaml", "overrides": overrides,
-                        "mem_added_mib": memory.added_mib()})
+                        "mem_added_mib": memory.added_mib(), "first_step_ms": warmup[0] if warmup else None})
     for batch in batches[args.warmup:]:
         for run in runs:
             run.times.append(run.step(batch))
+    peak = mfu.gemm_peak(args.precision, str(device))
     for run, result in zip(runs, results):
-        result |= {"ms_per_step": statistics.median(run.times), "steps_ms": run.times, "last_loss": run.last_loss}
+        flops = sum(mfu.train_flops(run.model.backbone.config, mfu.real_lengths(b["attention_mask"]))
+                    for b in batches[args.warmup:])
+        result |= {"ms_per_step": statistics.median(run.times), "steps_ms": run.times, "last_loss": run.last_loss,
+                   "tflops": flops / (sum(run.times) / 1000) / 1e12}
+        result["mfu"] = result["tflops"] * 1e12 / peak
 
     base = results[0]["ms_per_step"]
-    header = f"{'regularizer':<12} {'ms/step':>9} {'min ms':>7} {'ratio':>7} {'target':>9} {'result':>6} {'mem MiB':>8}"
+    header = (f"{'regularizer':<16} {'ms/step':>9} {'min ms':>7} {'ratio':>7} {'target':>9} {'result':>6} "
+              f"{'mem MiB':>8} {'TFLOP/s':>8} {'MFU':>6}")
     print(f"\nms/step = median (the min is the least disturbed step on a shared machine); mem = {memory.kind} by "
-          f"building the model and its warm-up steps\n{header}\n{'-' * len(header)}")
+          f"building the model and its warm-up steps; TFLOP/s = model work (real tokens, padding excluded) per second "
+          f"of the timed steps; MFU = that / the measured GEMM peak; padding = "
+          f"{100 * mfu.padding_share(batches[args.warmup:]):.0f}% of the timed batches' tokens\n{header}\n"
+          f"{'-' * len(header)}")
     for result, (_, name, _) in zip(results, runs_conf):
         result["ratio"] = result["ms_per_step"] / base
         limit = None if result["overrides"] else MAX_STEP_COST.get(name)
@@ -215,14 +267,21 @@ def main(argv=None) -> int:
         else:
             result["target"] = f"<= {limit:.2f}x"
             result["status"] = "PASS" if result["ratio"] <= limit else "FAIL"
-        print(f"{result['regularizer']:<12} {result['ms_per_step']:>9.0f} {min(result['steps_ms']):>7.0f} "
+        print(f"{result['regularizer']:<16} {result['ms_per_step']:>9.0f} {min(result['steps_ms']):>7.0f} "
               f"{result['ratio']:>6.2f}x "
-              f"{result['target'] or '-':>9} {result['status']:>6} {result['mem_added_mib']:>8.0f}")
+              f"{result['target'] or '-':>9} {result['status']:>6} {result['mem_added_mib']:>8.0f} "
+              f"{result['tflops']:>8.3f} {100 * result['mfu']:>5.1f}%")
+    if "baseline+compile" in {r["regularizer"] for r in results}:
+        compiled = next(r for r in results if r["regularizer"] == "baseline+compile")
+        print(f"baseline+compile: first step (compilation) {compiled['first_step_ms'] / 1000:.1f} s")
     by_label = {r["regularizer"]: r["ms_per_step"] for r in results}
     # Mixout turns all dropout off, which is itself faster (SDPA attention without dropout), so its own overhead
     # is best read against no_dropout.
     if {"mixout", "no_dropout"} <= by_label.keys():
         print(f"mixout / no_dropout = {by_label['mixout'] / by_label['no_dropout']:.2f}x")
+
+    if args.base_model != "none" and args.base_model != args.model:
+        results += base_size_mfu(args, conf, device, autocast, texts, targets, peak)
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

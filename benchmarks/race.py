@@ -8,6 +8,8 @@ length and precision:
 - ``project``: ``trainer.train_fold`` with the project's defaults (length-grouped dynamic padding, exact
   accumulation, clipping, best-state keeping, the process's allocator setting), evaluation only at the epoch's end
   on a 16-row validation set;
+- ``project_compiled``: the same with ``trainer.compile=true`` (its untimed pass compiles: that time is reported
+  apart);
 - ``hf_trainer``: ``transformers.Trainer`` with its default collator (dynamic padding) and random sampling;
 - ``minimal``: forward, MSE, backward, fused AdamW step on the project's own batches, collated before the clock
   starts, in a plain process: the floor of what a hand-written loop costs;
@@ -50,10 +52,11 @@ from kfold_nlp.train.loop import train_fold
 from kfold_nlp.train.memory import keep_freed_memory
 from kfold_nlp.train.precision import is_emulated, native_precisions
 
+from . import mfu
 from .rows import DEFAULT, HELP, load_rows
 
 ROOT = Path(__file__).resolve().parents[1]  # where ``benchmarks`` is a package, for the child processes
-CONTESTANTS = ("project", "hf_trainer", "minimal", "minimal_kept")
+CONTESTANTS = ("project", "project_compiled", "hf_trainer", "minimal", "minimal_kept")
 
 
 def config(model: str, precision: str, batch_size: int, max_length: int):
@@ -182,15 +185,37 @@ def setup(args):
     return cfg, tokenize(tokenizer, texts, args.max_length), targets, tokenizer
 
 
+def work(args) -> tuple[float, dict]:
+    """Model FLOPs per trained sample (real tokens only) and the padding share of the batches each contestant
+    trains on: the project's length-grouped ones, and random ones (Trainer's default sampler, dynamic padding)."""
+    from transformers import AutoConfig
+
+    cfg, enc, targets, tokenizer = setup(args)
+    n = len(targets) - 16
+    lengths = [len(ids) for ids in enc["input_ids"][:n]]
+    per_sample = mfu.train_flops(AutoConfig.from_pretrained(cfg.model.backbone), lengths) / n
+    grouped = make_loader(EncodedRows(enc, np.arange(n), targets), tokenizer, args.batch_size, True, seed=0)
+    chunks = np.array_split(np.random.default_rng(0).permutation(n), max(1, n // args.batch_size))
+    random_batches = [{"attention_mask": torch.tensor([[1] * lengths[i] + [0] * (max(lengths[j] for j in chunk)
+                                                                                - lengths[i]) for i in chunk])}
+                      for chunk in chunks]
+    return per_sample, {"project": mfu.padding_share(grouped), "random": mfu.padding_share(random_batches)}
+
+
 def run_one(args) -> tuple[float, str]:
     """One contestant in this process: an untimed pass, then the timed one; returns its samples/s and device."""
     cfg, enc, targets, tokenizer = setup(args)
+    compiled = cfg.copy()
+    compiled.trainer.compile = True
     runner = {"project": lambda: run_project(cfg, enc, targets, tokenizer),
+              "project_compiled": lambda: run_project(compiled, enc, targets, tokenizer),
               "hf_trainer": lambda: run_hf_trainer(cfg, enc, targets, tokenizer, tempfile.mkdtemp()),
               "minimal": lambda: run_minimal(cfg, enc, targets, tokenizer),
               "minimal_kept": lambda: run_minimal(cfg, enc, targets, tokenizer, kept=True)}[args.one]
+    began = time.perf_counter()
     runner()
-    return runner()
+    first = time.perf_counter() - began
+    return (*runner(), first)
 
 
 def profile(args) -> None:
@@ -237,8 +262,8 @@ def main(argv=None) -> int:
         profile(args)
         return 0
     if args.one:
-        speed, device = run_one(args)
-        print(json.dumps({"samples_per_s": speed, "device": device}))
+        speed, device, first = run_one(args)
+        print(json.dumps({"samples_per_s": speed, "device": device, "first_pass_s": first}))
         return 0
     print(hardware.header(hardware.record()))
     if args.precision is None:
@@ -248,32 +273,46 @@ def main(argv=None) -> int:
     print(f"race: {args.model}, {args.rows} rows = {args.rows // args.batch_size} steps of batch {args.batch_size}, "
           f"max_length {args.max_length}, {torch.get_num_threads()} threads, {args.rounds} timed rounds, each "
           f"contestant in a fresh process after one untimed pass")
+    per_sample, padding = work(args)
+    print(f"model work {per_sample / 1e9:.2f} GFLOP per sample (real tokens); padding: "
+          f"{100 * padding['project']:.1f}% of the tokens of the project's length-grouped batches, "
+          f"{100 * padding['random']:.1f}% of random batches (Trainer's sampler)")
+    if not args.profile:
+        print(mfu.describe_peaks(args.precision, "cuda" if torch.cuda.is_available() else "cpu"))
     if args.profile:
         for precision in args.precision:
             for plain in (True, False):
                 print(f"\n## project, {precision}, {'glibc default' if plain else 'keep_freed_memory'}")
                 print(spawn(args, "profile", precision, plain), flush=True)
         return 0
-    results, devices = {}, {}
+    results, devices, firsts = {}, {}, {}
     for round_ in range(1, args.rounds + 1):
         for precision in args.precision:
             for name in CONTESTANTS:
                 out = json.loads(spawn(args, name, precision).splitlines()[-1])
                 results.setdefault((precision, name), []).append(out["samples_per_s"])
                 devices[(precision, name)] = out["device"]
+                firsts.setdefault((precision, name), []).append(out["first_pass_s"])
                 print(f"  round {round_} {precision} {name} on {out['device']}: {out['samples_per_s']:.2f} samples/s",
                       flush=True)
     print(f"\n| precision | contestant | device | samples/s (median of {args.rounds}) | vs Trainer | vs minimal | "
-          f"vs minimal_kept |")
-    print("|---|---|---|---:|---:|---:|---:|")
+          f"vs minimal_kept | TFLOP/s | MFU |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     for precision in args.precision:
         med = {n: statistics.median(results[(precision, n)]) for n in CONTESTANTS}
         label = f"{precision} (emulated)" if is_emulated(precision, "cuda" if torch.cuda.is_available()
                                                            else "cpu") else precision
         for name in CONTESTANTS:
+            tflops = med[name] * per_sample / 1e12
             print(f"| {label} | {name} | {devices[(precision, name)]} | {med[name]:.2f} | "
                   f"{med[name] / med['hf_trainer']:.2f}x | {med[name] / med['minimal']:.2f}x | "
-                  f"{med[name] / med['minimal_kept']:.2f}x |")
+                  f"{med[name] / med['minimal_kept']:.2f}x | {tflops:.3f} | "
+                  f"{100 * tflops * 1e12 / mfu.gemm_peak(precision, device):.1f}% |")
+    for precision in args.precision:
+        first = {n: statistics.median(firsts[(precision, n)]) for n in ("project", "project_compiled")}
+        print(f"{precision}: the untimed first pass took {first['project']:.0f} s eager, "
+              f"{first['project_compiled']:.0f} s compiled (compilation included)")
     if {"fp32", "bf16"} <= set(args.precision):
         base = statistics.median(results[("fp32", "hf_trainer")])
         print(f"\nproject bf16 vs Trainer's fp32 default: "

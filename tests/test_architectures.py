@@ -147,6 +147,40 @@ def test_mpnet_takes_no_token_type_ids_and_our_max_length_beats_its_tokenizer_js
     assert bias.grad is not None and bias.grad.abs().sum() > 0  # shared by both layers' attention, and learning
 
 
+@pytest.mark.parametrize("arch", ["bert", "roberta", "deberta-v3"])
+def test_gradient_checkpointing_gives_the_loss_and_gradients_of_the_plain_backward(arch, tmp_path):
+    """``model.gradient_checkpointing=true`` recomputes the activations in the backward pass: the same loss and
+    gradients (fp32, within 1e-5 relative: only the order of a few sums may differ), dropout off so that the
+    recomputed forward is the first one."""
+    ARCHITECTURES[arch].save_pretrained(tmp_path / arch)
+    batch = {"input_ids": torch.randint(5, 99, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+    batch["attention_mask"][1, 7:] = 0
+    grads, losses = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(model_group(tmp_path / arch, gradient_checkpointing=checkpointing, head_dropout=0.0,
+                                        backbone_dropout=0.0))
+        assert model.backbone.is_activation_checkpointing == checkpointing
+        loss = model(**batch).pow(2).mean()
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_gradient_checkpointing_on_mpnet_is_refused_in_one_line_naming_it(tiny_mpnet):
+    from kfold_nlp.errors import ConfigError
+    from kfold_nlp.model.regressor import check_backbone
+
+    check_backbone(model_group(tiny_mpnet, gradient_checkpointing=False))
+    with pytest.raises(ConfigError, match=r"^model.gradient_checkpointing=true: MPNetModel \(mpnet\) has no "
+                                          r"gradient checkpointing in transformers; set it to false$"):
+        check_backbone(model_group(tiny_mpnet, gradient_checkpointing=True))
+
+
 @pytest.mark.slow  # the CLI in this process
 def test_a_tiny_mpnet_trains_through_the_entry_point_and_its_bundle_reproduces_predict(tiny_mpnet, tmp_path):
     from kfold_nlp import predict

@@ -39,7 +39,7 @@ def test_bench_on_a_fresh_machine_reports_each_ratio_against_its_target(tmp_path
     monkeypatch.chdir(tmp_path)  # the default data: the embedded set, generated here as `make cv` would
     out = tmp_path / "bench.json"
     bench.main(["--model", "tiny", "--steps", "1", "--warmup", "1", "--batch-size", "2", "--max-length", "16",
-                "--out", str(out)])
+                "--base-model", "none", "--out", str(out)])
     assert (tmp_path / "data" / "synthetic" / "400-16-42" / "train.csv").is_file()
     report = json.loads(out.read_text())
     assert report["args"]["data"] == "synthetic"
@@ -48,6 +48,9 @@ def test_bench_on_a_fresh_machine_reports_each_ratio_against_its_target(tmp_path
     assert results["rdrop"]["target"] == "<= 2.00x" and results["rdrop"]["status"] in ("PASS", "FAIL")
     assert results["rdrop_2fwd"]["target"] is None  # a variant is timed, not judged
     assert results["no_dropout"]["target"] is None and all(r["ms_per_step"] > 0 for r in results.values())
+    # every row against the measured peak; the compiled baseline beside the eager one
+    assert all(0 < r["mfu"] < 1 and r["tflops"] > 0 for r in results.values())
+    assert results["baseline+compile"]["target"] is None and results["baseline+compile"]["first_step_ms"] > 0
 
 
 def test_data_is_a_preset_or_a_csv_and_a_missing_file_is_one_line(tmp_path, monkeypatch, capsys):

@@ -171,8 +171,9 @@ def test_the_one_entry_lists_its_commands_and_refuses_an_unknown_one_with_one_li
     with pytest.raises(SystemExit) as exit_:
         entry.main(["colect", "outputs/x"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_.value.code == 2 and err == ["error: colect: not a command; one of cv, predict, refit, export, "
-                                             "collect, compare, sweep, hpo, ensemble, report (kfold-nlp --help)"]
+    assert exit_.value.code == 2 and err == ["error: colect: not a command; one of cv, predict, pretrain, refit, "
+                                             "export, collect, compare, sweep, hpo, ensemble, report (kfold-nlp "
+                                             "--help)"]
 
 
 def test_each_command_reaches_its_module_with_its_arguments(tmp_path, capsys):

@@ -136,6 +136,24 @@ def test_race_contestants_report_the_device_they_ran_on(monkeypatch, tmp_path, f
     assert seen["d"]["device"] == "meta"
 
 
+def test_race_counts_the_work_of_real_tokens_and_the_padding_of_each_sampler(tmp_path, monkeypatch):
+    """Per sample, the model work of the rows' real tokens; the project's length-grouped batches carry less padding
+    than random ones (Trainer's sampler) on texts of varied lengths."""
+    from argparse import Namespace
+
+    from transformers import AutoConfig
+
+    from benchmarks import mfu, race
+
+    monkeypatch.chdir(tmp_path)  # the embedded set, generated here
+    args = Namespace(model="tiny", precision=["fp32"], batch_size=8, max_length=256, rows=64, data="synthetic")
+    per_sample, padding = race.work(args)
+    cfg, enc, _, _ = race.setup(args)
+    lengths = [len(ids) for ids in enc["input_ids"][:64]]
+    assert per_sample == pytest.approx(mfu.train_flops(AutoConfig.from_pretrained(cfg.model.backbone), lengths) / 64)
+    assert 0 <= padding["project"] < padding["random"] < 1
+
+
 def test_benchmark_header_names_the_machine():
     line = runtime.header(runtime.record())
     assert line.startswith(f"hardware: {runtime.cpu_model()} ({runtime.cpu_capability()}, ")

@@ -15,6 +15,8 @@ from .errors import Exit
 COMMANDS = {
     "cv": ("kfold_nlp.__main__", "a K-fold CV run: kfold-nlp cv experiment=rdrop data=commonlit cv.n_splits=3"),
     "predict": ("kfold_nlp.predict", "bagged predictions of a run's fold models: kfold-nlp predict RUN [INPUT]"),
+    "pretrain": ("kfold_nlp.pretrain", "MLM pretraining on the task's texts, no holdout text: kfold-nlp pretrain "
+                                      "data=commonlit cv.holdout=0.2 --steps 500"),
     "refit": ("kfold_nlp.cv.refit", "one more model on every training row of a run: kfold-nlp refit RUN"),
     "export": ("kfold_nlp.bundle.export", "a run as an offline inference bundle: kfold-nlp export RUN [--out DIR]"),
     "collect": ("kfold_nlp.cv.collect", "rebuild a run's OOF, submission and metrics files: kfold-nlp collect RUN"),

@@ -84,6 +84,7 @@ class Transformer(Group):
     backbone_dropout: PROBABILITY | None = None
     config_overrides: Mapping
     max_length: Int(ge=1)
+    gradient_checkpointing: Bool = added(False)
     kind: Choice("transformer", KIND) | None = None
     estimator: Mapping | None = None
 
@@ -115,6 +116,8 @@ class Trainer(Group):
     num_workers: Int(ge=0)
     snapshot_every: Int(ge=1) | None = None
     keep_snapshot: Bool
+    eval_curve: Bool = added(True)
+    compile: Bool = added(False)
 
     @model_validator(mode="after")
     def _penalty_has_weight(self):

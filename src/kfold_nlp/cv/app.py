@@ -78,6 +78,35 @@ def check_config(cfg: DictConfig, check_files: bool = True) -> None:
             check_run_folder(Path(OmegaConf.select(cfg, key)), key)
 
 
+def composed_config(overrides: list[str], check: bool = True) -> DictConfig:
+    """The config a run would have under these overrides, composed outside Hydra's main (a search's trial, a
+    pretraining), resolved (its name too) and, with ``check``, checked as a run's is: one line for the first bad
+    key."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+
+    from ..config.paths import CONFIG_DIR
+    from ..errors import ConfigError
+
+    try:
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    except HydraException as err:
+        raise ConfigError(f"{' '.join(overrides)}: {str(err).splitlines()[0]}") from None
+    hydra, before = HydraConfig.instance(), HydraConfig.instance().cfg
+    hydra.set_config(cfg)  # so that ${hydra:...} (the run's name) resolves
+    with open_dict(cfg):
+        del cfg["hydra"]  # unresolved: its run folder resolver would create a folder
+    try:
+        OmegaConf.resolve(cfg)
+    finally:
+        hydra.cfg = before
+    if check:
+        check_config(cfg)
+    return cfg
+
+
 def prepare_config(cfg: DictConfig, job: Job) -> DictConfig:
     """The config this start runs: a resumed run's own (``RESUME=<folder>`` is enough), ``precision=auto``
     replaced by what this machine runs natively, every key checked, and the tracker able to log."""

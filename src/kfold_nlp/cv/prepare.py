@@ -15,9 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from ..config.rules import override_key
 from ..data import fingerprint
 from ..data.fingerprint import FREE_KEYS
-from ..data.folds import assign
+from ..data.folds import HOLDOUT, assign
 from ..data.tables import DataError, load_data
 from ..files import atomic_path, write_csv, write_json
+from ..model import manifest
 from ..model.classical import check_texts, is_classical
 from ..model.regressor import load_tokenizer, tokenize
 from ..model.tasks import check_columns
@@ -115,7 +116,7 @@ def _value(cfg, key: str):
 def _refuse_start(run_dir: Path, save: bool, message: str) -> None:
     """Hydra has already written the refused start's config: put the run's own back (``predict`` reads it)."""
     run = RunDir(run_dir)
-    if save and run.hydra.is_dir():
+    if save and run.hydra.is_dir() and run.config.is_file():  # a first start has no config of its own yet
         with atomic_path(run.hydra_config) as tmp:
             tmp.write_text(run.config.read_text())
     raise DataError(message)
@@ -168,6 +169,13 @@ def prepare(cfg: DictConfig, run_dir: Path, main: bool = True, texts: bool = Tru
         check_texts(cfg.model.estimator, train["text"], cfg.data.path, folds)
     table = pd.DataFrame({"id": train["id"], "fold": folds, "target": train["target"]})
     data_print = fingerprint.of_data(cfg.data.path, train)
+    if not is_classical(cfg.model):  # a backbone pretrained here (kfold-nlp pretrain): never on a holdout text
+        try:
+            manifest.check_no_leak(cfg.model.backbone, train["id"][folds == HOLDOUT].tolist(),
+                                   train["text"][folds == HOLDOUT].tolist())
+        except DataError as err:
+            _refuse_start(run_dir, main, str(err))
+        data_print |= {"backbone": digest} if (digest := manifest.manifest_digest(cfg.model.backbone)) else {}
     try:
         notes = fingerprint.check_data(run_dir, data_print, table)  # a changed train file is refused here
     except DataError as err:

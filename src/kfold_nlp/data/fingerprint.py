@@ -88,6 +88,9 @@ def check_data(run_dir: Path, now: dict, folds: pd.DataFrame | None = None) -> l
     path = run_dir / NAME
     if path.is_file():
         saved = read_json(path)
+        if saved.get("backbone") != now.get("backbone"):  # a pretraining's manifest (model/manifest.py)
+            raise DataError(f"model.backbone: its pretraining changed since {run_dir} started (its "
+                            f"pretrain_manifest.json differs); put that backbone back, or start a new run")
         changed = differences(saved, now)
         if changed:
             raise DataError(f"{now['file']}: the train file changed since {run_dir} started ({', '.join(changed)}); "

@@ -39,12 +39,25 @@ class EncodedRows(Dataset):
         return [len(self.encodings["input_ids"][int(r)]) for r in self.rows]
 
 
+# Batches are padded to a multiple of this many tokens. Each distinct (batch, length) shape makes oneDNN (CPU) build
+# and cache kernels of its own, and makes a compiled graph (``trainer.compile``) specialise again: with every length
+# distinct, a CPU process grew by about one model's size per fold (docs/results.md, "Folds that do not grow"). 16
+# bounds the shapes at no measured cost in speed; on a GPU it is also a multiple of the tensor cores' 8.
+PAD_MULTIPLE = 16
+
+
 def make_loader(dataset: EncodedRows, tokenizer, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0):
-    """Dynamic padding; training batches are length-grouped (shuffled megabatches), evaluation sorted by length."""
-    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+    """Dynamic padding; training batches are length-grouped (shuffled megabatches), evaluation sorted by length.
+
+    Every loader has a generator of its own: starting an epoch draws the loader's base seed from it, where a loader
+    without one would draw from torch's global stream, so an evaluation (or skipping one) would change the
+    training's dropout masks after it.
+    """
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=PAD_MULTIPLE)
     if train:
         sampler = LengthGroupedSampler(batch_size, lengths=dataset.lengths,
                                        generator=torch.Generator().manual_seed(seed))
     else:
         sampler = np.argsort(dataset.lengths, kind="stable").tolist()
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 
 class Pooler(nn.Module):
@@ -120,6 +121,8 @@ def build_model(cfg, pretrained: bool | None = None, n_outputs: int = 1) -> Text
         backbone = AutoModel.from_config(config)
     if getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None  # unused by our pooling; unused parameters would break DDP
+    if cfg.get("gradient_checkpointing"):  # non-reentrant: works under DDP, with frozen layers and no_sync
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return TextRegressor(backbone, cfg.pooling, cfg.head_dropout, n_outputs)
 
 
@@ -137,6 +140,11 @@ def check_backbone(cfg) -> None:
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.backbone={cfg.backbone}: cannot load its config "
                           f"({' '.join(str(err).split())[:200]})") from None
+    if cfg.get("gradient_checkpointing"):
+        architecture = MODEL_MAPPING[type(config)]
+        if not architecture.supports_gradient_checkpointing:
+            raise ConfigError(f"model.gradient_checkpointing=true: {architecture.__name__} ({config.model_type}) "
+                              f"has no gradient checkpointing in transformers; set it to false")
     limit = getattr(config, "max_position_embeddings", None)
     if limit and cfg.max_length > limit:
         raise ConfigError(f"model.max_length={cfg.max_length}: must be <= {limit}, the backbone's positions")

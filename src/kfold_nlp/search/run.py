@@ -16,15 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from ..analysis.stats import read_oof
-from ..config.paths import CONFIG_DIR
-from ..cv.app import check_config
+from ..cv.app import check_config, composed_config
 from ..data.tables import load_data
 from ..errors import ConfigError, DataError, Exit, OneLineError, refuse
 from ..files import write_json
@@ -53,19 +49,7 @@ def split_args(argv: list[str]) -> tuple[str, list[str], list[str]]:
 def trial_config(overrides: list[str], sample: list[str]):
     """The composed config of a trial with ``sample``'s values, checked as ``make cv`` checks a run: a bad key or
     value is refused before any trial starts."""
-    try:
-        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, *sample], return_hydra_config=True)
-    except HydraException as err:
-        raise ConfigError(f"{' '.join(overrides + sample)}: {str(err).splitlines()[0]}") from None
-    hydra, before = HydraConfig.instance(), HydraConfig.instance().cfg
-    hydra.set_config(cfg)  # so that ${hydra:...} (the run's name) resolves
-    with open_dict(cfg):
-        del cfg["hydra"]  # unresolved: its run folder resolver would create a folder
-    try:
-        OmegaConf.resolve(cfg)
-    finally:
-        hydra.cfg = before
+    cfg = composed_config([*overrides, *sample], check=False)
     if cfg.get("resume") is not None or cfg.get("launcher") is not None:
         raise ConfigError("resume=, launcher=: not for a search's trials (a trial continues by itself; trials run "
                           "in parallel with hpo.n_jobs=)")

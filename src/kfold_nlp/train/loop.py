@@ -22,6 +22,7 @@ from ..model.regressor import target_column
 from ..model.regularizers.base import model_inputs
 from ..model.tasks import Task
 from . import selection, snapshot
+from .compiled import compile_backbone
 from .seeds import stream_seed
 
 
@@ -177,12 +178,29 @@ class FoldTraining:
     def unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
 
+    @property
+    def scored(self) -> bool:
+        """Whether evaluations compute a validation score: something reads it (a policy choosing by it, early
+        stopping) or ``trainer.eval_curve`` asks for the curve. Otherwise a planned evaluation only logs the
+        training losses and tells the policies the step (``swa`` averages the weights there); each policy's final
+        weights are scored once, when the fold ends."""
+        tcfg = self.cfg.trainer
+        return bool(tcfg.get("eval_curve", True) or tcfg.patience is not None
+                    or any(p.reads_scores for p in self.policies))
+
     def evaluate(self, bar, epoch_end: bool) -> bool:
-        """Validate after the current step, log the mean training losses since the last evaluation and tell each
-        policy (``best`` keeps its state); True when early stopping says stop."""
+        """Validate after the current step (where ``scored``), log the mean training losses since the last
+        evaluation and tell each policy (``best`` keeps its state); True when early stopping says stop."""
         state, result, tcfg = self.state, self.result, self.cfg.trainer
         train = {k: float(np.mean([r[k] for r in state.running])) for k in state.running[0]}
         state.running = []
+        if not self.scored:
+            self.log({**{f"train/{k}": v for k, v in train.items()}, "train/lr": self.scheduler.get_last_lr()[0]},
+                     state.step)
+            for policy in self.policies:
+                policy.evaluated(self.unwrapped, state.step, None, None, epoch_end)
+            bar.set_postfix(loss=f"{train['loss']:.4f}")
+            return False
         began = time.perf_counter()
         pred = predict(self.model, self.val_loader, self.accelerator)
         result.eval_time += time.perf_counter() - began
@@ -263,9 +281,10 @@ class FoldTraining:
         """The epoch's batches after its first ``skip`` (those trained before the snapshot ``saved``), and the state
         of the sampler's generator at the epoch's start (it fixes the epoch's order; snapshots keep it).
 
-        The skipped batches are neither loaded nor collated (``skip_first_batches`` drops their indices), but the
-        epoch's iterator is started before the random streams are restored: starting it draws the DataLoader's
-        base seed from torch's stream, which the uninterrupted run did before the snapshot too.
+        The skipped batches are neither loaded nor collated (``skip_first_batches`` drops their indices); the
+        epoch's iterator is started before the random streams are restored, so that whatever starting it draws
+        (the loaders have generators of their own: ``make_loader``) comes before the restored state, as in the
+        uninterrupted run.
         """
         if skip and generator is not None:
             generator.set_state(saved.rng["tensors"]["sampler"])
@@ -300,6 +319,8 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
     Raises ``Diverged`` at the first non-finite training loss or validation MSE.
     """
     tcfg, task = cfg.trainer, task or Task()
+    if tcfg.get("compile"):
+        compile_backbone(model)
     optimizer = build_optimizer(cfg.optimizer, model)
     penalty = weight_penalty(model, tcfg.get("penalty"), tcfg.get("penalty_weight", 0.0))
     generator = getattr(train_loader.sampler, "generator", None)  # the sampler's: its state fixes an epoch's order

@@ -26,6 +26,7 @@ class Policy:
     name = ""  # the YAML's name (``trainer.select``), set by the registry
     chosen = ""  # how a fold's line names the weights it kept: "<chosen> <step> of <steps>"
     needs_evaluations = False  # chooses by, or averages at, evaluations: a refit has none and keeps ``last`` instead
+    reads_scores = False  # chooses by the evaluations' scores: they are computed at every planned evaluation
 
     def __init__(self, model: torch.nn.Module | None = None, planned=()):
         self.mse, self.pred, self.step = math.inf, None, 0
@@ -34,7 +35,9 @@ class Policy:
         """After every optimizer step."""
 
     def evaluated(self, model, step: int, mse: float, pred: np.ndarray, epoch_end: bool) -> None:
-        """After every evaluation (always of the trained weights, never of an average)."""
+        """After every planned evaluation (always of the trained weights, never of an average); ``mse`` and ``pred``
+        are None where the pass was skipped (no policy reads scores, no early stopping, ``trainer.eval_curve``
+        false)."""
 
     def final(self, model: torch.nn.Module) -> dict:
         """The chosen weights, a state dict on the CPU."""

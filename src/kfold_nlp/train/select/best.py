@@ -15,6 +15,7 @@ class Best(Policy):
 
     chosen = "best at step"
     needs_evaluations = True
+    reads_scores = True
     epoch_end_only = False
 
     def __init__(self, model=None, planned=()):
