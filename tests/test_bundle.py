@@ -4,10 +4,7 @@ reproduces ``make predict``; a missing or changed file is refused with one line.
 from __future__ import annotations
 
 import ast
-import contextlib
-import io
 import json
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +14,12 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import Result, fresh_process, tiny_overrides
+from conftest import Result, tiny_overrides
 from kfold_nlp import predict
 from kfold_nlp.bundle import export
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.cv.run import run as run_cv
+from test_bundle_input import run_bundle
 
 pytestmark = pytest.mark.slow  # whole CV runs, then their bundles (see tests/test_tiers.py)
 
@@ -66,24 +64,12 @@ def run_here(bundle: Path, *args: str) -> Result:
     """``python infer.py ARGS`` in this process (``runpy``, as a script runs), which has every library: the bundle's
     code must not import any of the excluded ones (its imports, read from its ``ast``; one test runs it without
     them)."""
-    script = bundle / "infer.py"
     trees = [ast.parse(path.read_text()) for path in bundle.rglob("*.py")]
     imported = {a.name.split(".")[0] for tree in trees for n in ast.walk(tree) if isinstance(n, ast.Import)
                 for a in n.names} | {n.module.split(".")[0] for tree in trees for n in ast.walk(tree)
                                      if isinstance(n, ast.ImportFrom) and n.module and not n.level}
     assert not {m for m in imported if m.lower().startswith(EXCLUDED)}, imported
-    out, err, path = io.StringIO(), io.StringIO(), sys.path[:]
-    with fresh_process(bundle.parent), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        sys.argv = [str(script), *map(str, args)]
-        try:
-            runpy.run_path(str(script), run_name="__main__")
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        finally:
-            sys.path[:] = path
-            sys.modules.pop("kfold_regressor", None)  # the bundle's own copy of the model's code
-    return Result([str(script), *args], code, out.getvalue(), err.getvalue())
+    return run_bundle(bundle, *args)
 
 
 @pytest.fixture(scope="module")

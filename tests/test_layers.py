@@ -4,10 +4,8 @@ analysis, which reads finished runs; what both need (RMSE, the bootstrap, the ho
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 from conftest import ROOT
+from test_imports import import_graph  # the package's import graph, as the cycle test reads it
 
 PACKAGE = ROOT / "src" / "kfold_nlp"
 WRITERS = ("kfold_nlp.cv", "kfold_nlp.train", "kfold_nlp.model", "kfold_nlp.data")
@@ -15,28 +13,6 @@ READER = "kfold_nlp.analysis"
 # The Hydra callback that rewrites a sweep's summary after each job runs the analysis by design: glue between Hydra's
 # sweeps and the tables, not part of training; it leaves this list when it moves out of cv/.
 EXEMPT: set[str] = set()
-
-
-def import_graph(package: Path) -> dict[str, set[str]]:
-    """Module -> the package's modules it imports anywhere in its body (relative or absolute, at any depth)."""
-    src = package.parent
-    paths = {}
-    for path in package.rglob("*.py"):
-        parts = list(path.relative_to(src).with_suffix("").parts)
-        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    graph = {}
-    for name, path in paths.items():
-        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                targets |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                base = here[:len(here) - node.level + 1] if node.level else []
-                module = ".".join(base + ([node.module] if node.module else []))
-                targets |= {module} | {f"{module}.{a.name}" for a in node.names}  # `from . import x` is a module
-        graph[name] = {t for t in targets if t in paths and t != name}
-    return graph
 
 
 def within(module: str, package: str) -> bool:
