@@ -28,7 +28,7 @@ from kfold_nlp.errors import ConfigError
 from kfold_nlp.model.regressor import build_model, check_backbone, load_tokenizer
 from kfold_nlp.model.tasks import Task
 from kfold_nlp.train import hardware, threads
-from kfold_nlp.train.compiled import compile_backbone
+from kfold_nlp.train.compiled import compile_backbone, cxx_compiler
 from kfold_nlp.train.memory import keep_freed_memory, release_freed_memory
 from kfold_nlp.train.precision import is_emulated
 
@@ -230,6 +230,9 @@ def main(argv=None) -> int:
     # on a shared machine, load from other processes then hits every regularizer alike instead of one of them.
     Run("warm-up", OmegaConf.load(conf / "regularizer" / "baseline.yaml"), {}, model_cfg, device, autocast).step(
         batches[0])  # one-time allocations (thread pools, kernels) would otherwise count against the first run
+    if not args.no_compile and cxx_compiler() is None:
+        args.no_compile = True
+        print("compiled rows skipped: torch.compile needs a C++ compiler on CPU and none was found")
     runs_conf += [] if args.no_compile else [("baseline+compile", "baseline", {})]
     runs, results = [], []
     for label, name, overrides in runs_conf:

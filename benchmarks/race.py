@@ -47,6 +47,7 @@ from kfold_nlp.cv.fold import build_fold_model
 from kfold_nlp.data.loading import EncodedRows, make_loader
 from kfold_nlp.model.regressor import load_tokenizer, tokenize
 from kfold_nlp.train import hardware
+from kfold_nlp.train.compiled import cxx_compiler
 from kfold_nlp.train.device import make_accelerator
 from kfold_nlp.train.loop import train_fold
 from kfold_nlp.train.memory import keep_freed_memory
@@ -286,9 +287,13 @@ def main(argv=None) -> int:
                 print(spawn(args, "profile", precision, plain), flush=True)
         return 0
     results, devices, firsts = {}, {}, {}
+    contestants = CONTESTANTS
+    if not torch.cuda.is_available() and cxx_compiler() is None:
+        contestants = tuple(c for c in CONTESTANTS if c != "project_compiled")
+        print("project_compiled skipped: torch.compile needs a C++ compiler on CPU and none was found")
     for round_ in range(1, args.rounds + 1):
         for precision in args.precision:
-            for name in CONTESTANTS:
+            for name in contestants:
                 out = json.loads(spawn(args, name, precision).splitlines()[-1])
                 results.setdefault((precision, name), []).append(out["samples_per_s"])
                 devices[(precision, name)] = out["device"]
@@ -300,16 +305,16 @@ def main(argv=None) -> int:
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for precision in args.precision:
-        med = {n: statistics.median(results[(precision, n)]) for n in CONTESTANTS}
+        med = {n: statistics.median(results[(precision, n)]) for n in contestants}
         label = f"{precision} (emulated)" if is_emulated(precision, "cuda" if torch.cuda.is_available()
                                                            else "cpu") else precision
-        for name in CONTESTANTS:
+        for name in contestants:
             tflops = med[name] * per_sample / 1e12
             print(f"| {label} | {name} | {devices[(precision, name)]} | {med[name]:.2f} | "
                   f"{med[name] / med['hf_trainer']:.2f}x | {med[name] / med['minimal']:.2f}x | "
                   f"{med[name] / med['minimal_kept']:.2f}x | {tflops:.3f} | "
                   f"{100 * tflops * 1e12 / mfu.gemm_peak(precision, device):.1f}% |")
-    for precision in args.precision:
+    for precision in args.precision if "project_compiled" in contestants else ():
         first = {n: statistics.median(firsts[(precision, n)]) for n in ("project", "project_compiled")}
         print(f"{precision}: the untimed first pass took {first['project']:.0f} s eager, "
               f"{first['project_compiled']:.0f} s compiled (compilation included)")

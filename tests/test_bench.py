@@ -11,6 +11,7 @@ import pytest
 from benchmarks import bench, rows
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.model.regularizers import Regularizer
+from kfold_nlp.train.compiled import cxx_compiler
 
 REGULARIZERS = Path(CONFIG_DIR) / "regularizer"
 
@@ -50,7 +51,8 @@ def test_bench_on_a_fresh_machine_reports_each_ratio_against_its_target(tmp_path
     assert results["no_dropout"]["target"] is None and all(r["ms_per_step"] > 0 for r in results.values())
     # every row against the measured peak; the compiled baseline beside the eager one
     assert all(0 < r["mfu"] < 1 and r["tflops"] > 0 for r in results.values())
-    assert results["baseline+compile"]["target"] is None and results["baseline+compile"]["first_step_ms"] > 0
+    if cxx_compiler() is not None:  # inductor's CPU kernels need one; without, the row is skipped with a line
+        assert results["baseline+compile"]["target"] is None and results["baseline+compile"]["first_step_ms"] > 0
 
 
 def test_data_is_a_preset_or_a_csv_and_a_missing_file_is_one_line(tmp_path, monkeypatch, capsys):

@@ -10,18 +10,22 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import mfu
+from kfold_nlp.errors import ConfigError
 from kfold_nlp.model.regressor import build_model, load_tokenizer
-from kfold_nlp.train import loop
-from kfold_nlp.train.compiled import is_compiled
+from kfold_nlp.train import compiled, loop
+from kfold_nlp.train.compiled import cxx_compiler, is_compiled
 from test_trainer import config, fit, fit_with_snapshots
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
+needs_compiler = pytest.mark.skipif(cxx_compiler() is None and not torch.cuda.is_available(),
+                                    reason="inductor builds CPU kernels with a C++ compiler: none here")
 
 # Compiled (inductor) and eager fp32 steps order their sums differently: over 12 SGD steps on the tiny model the
 # validation predictions stay within this relative distance (measured: about 1e-6).
 COMPILED_RTOL = 1e-4
 
 
+@needs_compiler
 @pytest.mark.slow  # inductor compiles the tiny backbone (seconds)
 def test_compiled_training_follows_the_eager_loss_curve():
     """12 rows, batch 2, an evaluation every 2 steps over 2 epochs: the same validation curve and predictions."""
@@ -35,6 +39,7 @@ def test_compiled_training_follows_the_eager_loss_curve():
         torch.testing.assert_close(compiled_updates[name], value, rtol=COMPILED_RTOL, atol=1e-6)
 
 
+@needs_compiler
 @pytest.mark.slow  # inductor
 def test_a_resumed_compiled_fold_ends_as_an_uninterrupted_one(tmp_path):
     """Dropout on, killed after the snapshot of step 2 (mid-epoch) and continued by a fresh model: bit for bit the
@@ -47,6 +52,16 @@ def test_a_resumed_compiled_fold_ends_as_an_uninterrupted_one(tmp_path):
         torch.testing.assert_close(params[name], value, atol=0, rtol=0)
 
 
+def test_compile_without_a_cpu_compiler_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
+    monkeypatch.setattr(compiled.torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ConfigError, match=r"^trainer.compile=true: torch.compile builds CPU kernels with a C\+\+ "
+                                          r"compiler and none was found"):
+        compiled.check_compilable()
+
+
+@needs_compiler
 def test_compile_is_in_place_and_keeps_the_parameter_names():
     cfg = config()
     model = build_model(cfg.model)

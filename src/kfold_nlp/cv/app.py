@@ -73,6 +73,10 @@ def check_config(cfg: DictConfig, check_files: bool = True) -> None:
     validate(cfg, check_files=check_files)
     if not is_classical(cfg.model):
         check_backbone(cfg.model)
+    if cfg.trainer.get("compile"):
+        from ..train.compiled import check_compilable
+
+        check_compilable()
     for key in ("resume", "distill.teacher") if check_files else ():
         if OmegaConf.select(cfg, key) is not None:
             check_run_folder(Path(OmegaConf.select(cfg, key)), key)
