@@ -35,6 +35,7 @@ USES_notebook  := RUNS
 USES_ensemble  := RUNS ARGS
 USES_bench     := DATA ARGS
 USES_race      := DATA ARGS
+USES_memory    := DATA ARGS
 USES_clean     := YES
 USES_models    :=
 USES_pretrain  := DATA ARGS
@@ -43,7 +44,7 @@ $(foreach g,$(MAKECMDGOALS),$(foreach v,$(filter-out VENV $(USES_$(g)),$(GIVEN))
 
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup models pretrain cv collect predict refit export test test-fast lint bench race compare sweep hpo notebook ensemble clean
+.PHONY: help setup models pretrain cv collect predict refit export test test-fast lint bench race memory compare sweep hpo notebook ensemble clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -90,6 +91,9 @@ bench: setup  ## per-step cost of each regularizer against baseline (MiniLM, CPU
 
 race: setup  ## this project's fold trainer vs HF Trainer vs a minimal loop, each in a fresh process, interleaved, fp32 and bf16 (MiniLM) [DATA=...]; ARGS="--profile": top operators
 	$(PY) -m benchmarks.race $(if $(DATA),--data "$(DATA)") $(ARGS)
+
+memory: setup  ## peak memory and step time of full fine-tuning, LoRA and gradient checkpointing (MiniLM, mpnet-base when installed), bf16 and fp32 [DATA=...]
+	$(PY) -m benchmarks.memory $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 clean:  ## remove caches; asks before removing outputs/ and multirun/ (every run: models, OOF, submissions); YES=1: no question
 	rm -rf .pytest_cache .ruff_cache

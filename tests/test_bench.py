@@ -66,3 +66,23 @@ def test_data_is_a_preset_or_a_csv_and_a_missing_file_is_one_line(tmp_path, monk
         rows.load_rows("commonlit", 5)  # the Kaggle file, not downloaded here
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith("error: data/commonlit/train.csv: file not found; get it with: kaggle ")
+
+
+@pytest.mark.process  # each configuration in a fresh process of its own (its peak memory is its own)
+def test_make_memory_measures_each_mode_and_lists_a_refused_one_as_skipped(tmp_path, monkeypatch):
+    from benchmarks import memory
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "memory.json"
+    memory.main(["--models", "tiny", "--precisions", "fp32", "--modes", "full", "lora", "--rounds", "1",
+                 "--steps", "1", "--batch-size", "2", "--max-length", "16", "--out", str(out)])
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
+    full, lora = rows["full"], rows["lora"]
+    assert full["trainable"] == full["params"] and 0 < lora["trainable"] < full["trainable"] / 10
+    assert 0 < lora["optimizer_state_mib"] < full["optimizer_state_mib"] / 10  # AdamW's two moments, adapters only
+    assert all(r["peak_rss_mib"] > 0 and r["ms_per_step"] > 0 for r in rows.values())
+    monkeypatch.setattr(memory, "MODES", memory.MODES | {"lora": {"peft": "lora", "lora": {"target_modules": ["x"]}}})
+    memory.main(["--models", "tiny", "--precisions", "fp32", "--modes", "lora", "--rounds", "1", "--steps", "1",
+                 "--batch-size", "2", "--max-length", "16", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["skipped"] == "model.lora.target_modules: 'x' names no module of bert"

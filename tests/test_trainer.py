@@ -13,6 +13,7 @@ from conftest import ENV, in_background, tiny_overrides
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.cv.run import run as run_cv
 from kfold_nlp.data.loading import EncodedRows, make_loader
+from kfold_nlp.model import lora
 from kfold_nlp.model.optim import build_optimizer, weight_penalty
 from kfold_nlp.model.regressor import build_model, load_tokenizer, tokenize
 from kfold_nlp.model.regularizers import Regularizer
@@ -43,7 +44,7 @@ def fit(n_rows: int, batch_size: int, grad_accum: int, *overrides: str):
     """train_fold on the first ``n_rows`` texts; returns the parameter updates, the result and the logged (step, lr)."""
     cfg = config(f"trainer.batch_size={batch_size}", f"trainer.grad_accum={grad_accum}", "trainer.epochs=2", *overrides)
     torch.manual_seed(0)
-    model = build_model(cfg.model)
+    model = lora.adapt(build_model(cfg.model), cfg.model)  # model.peft=lora: the adapters
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     tokenizer = load_tokenizer(cfg.model)
     rows = EncodedRows(tokenize(tokenizer, TEXTS, 64), np.arange(n_rows), TARGETS)
@@ -183,7 +184,7 @@ def fit_with_snapshots(tmp_path, kill_after: int | None = None, extra: tuple = (
 
     def attempt():
         torch.manual_seed(0)
-        model = build_model(cfg.model)
+        model = lora.adapt(build_model(cfg.model), cfg.model)  # model.peft=lora: the adapters
         result = train_fold(model, Regularizer(), make_loader(rows, tokenizer, 2, train=True, seed=0),
                             make_loader(rows, tokenizer, 16, train=False), TARGETS, cfg,
                             make_accelerator(cfg.trainer), snapshot_dir=tmp_path)

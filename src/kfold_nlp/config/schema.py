@@ -29,6 +29,7 @@ from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
 from ..bagging import BAGGING
 from ..errors import ConfigError
 from ..model.classical import KIND, check_estimator, is_classical
+from ..model.lora import LORA
 from ..model.optim import PENALTIES
 from ..model.regressor import Pooler
 from ..model.tasks import task_class
@@ -75,6 +76,13 @@ class Classical(Group):
     estimator: Mapping | None = None  # the pipeline builder (_target_) and its keyword arguments
 
 
+class Lora(Group):
+    r: Int(ge=1)
+    alpha: Float(gt=0)
+    dropout: PROBABILITY
+    target_modules: List | None = None
+
+
 class Transformer(Group):
     backbone: Str
     tokenizer: Str | None = None
@@ -85,8 +93,16 @@ class Transformer(Group):
     config_overrides: Mapping
     max_length: Int(ge=1)
     gradient_checkpointing: Bool = added(False)
+    peft: Choice(LORA) | None = added(None)
+    lora: Lora | None = added(None)
     kind: Choice("transformer", KIND) | None = None
     estimator: Mapping | None = None
+
+    @model_validator(mode="after")
+    def _lora_has_settings(self):
+        if self.peft == LORA and self.lora is None:
+            raise rules.refused("model.lora: needed with model.peft=lora (r, alpha, dropout, target_modules)")
+        return self
 
 
 def _policies(value: list) -> list:

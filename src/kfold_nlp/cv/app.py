@@ -73,6 +73,7 @@ def check_config(cfg: DictConfig, check_files: bool = True) -> None:
     validate(cfg, check_files=check_files)
     if not is_classical(cfg.model):
         check_backbone(cfg.model)
+        check_lora_regularizer(cfg)
     if cfg.trainer.get("compile"):
         from ..train.compiled import check_compilable
 
@@ -80,6 +81,20 @@ def check_config(cfg: DictConfig, check_files: bool = True) -> None:
     for key in ("resume", "distill.teacher") if check_files else ():
         if OmegaConf.select(cfg, key) is not None:
             check_run_folder(Path(OmegaConf.select(cfg, key)), key)
+
+
+def check_lora_regularizer(cfg: DictConfig) -> None:
+    """Refuse a regularizer that acts on the backbone's own weights (Mixout) with LoRA, which freezes them."""
+    from hydra.utils import get_class
+
+    from ..errors import ConfigError
+    from ..model.lora import is_lora
+
+    cls = get_class(cfg.regularizer._target_)
+    if is_lora(cfg.model) and getattr(cls, "acts_on_backbone_weights", False):
+        name = cls.__module__.rsplit(".", 1)[-1]
+        raise ConfigError(f"regularizer={name}: acts on the backbone's own weights, which model.peft=lora freezes; "
+                          f"choose another regularizer or model.peft=null")
 
 
 def composed_config(overrides: list[str], check: bool = True) -> DictConfig:

@@ -20,7 +20,7 @@ from .. import metrics
 from ..data import fingerprint
 from ..data.folds import HOLDOUT
 from ..data.loading import EncodedRows, make_loader
-from ..model import classical
+from ..model import classical, lora
 from ..model.regressor import build_model
 from ..rundir import RunDir
 from ..track.base import WANDB_TARGET, make, target, tracked
@@ -43,6 +43,7 @@ def build_fold_model(cfg: DictConfig, fold: int, rank: int = 0):
     task.setup(model)
     regularizer = instantiate(cfg.regularizer)
     regularizer.setup(model)
+    lora.adapt(model, cfg.model)  # after the regularizer: its dropout settings are the backbone's, not the adapters'
     if rank:
         set_seed(stream_seed(cfg.seed, fold, rank))
     return task, model, regularizer
@@ -135,6 +136,7 @@ def fit_fold(cfg: DictConfig, run_dir: Path, fold: int, data: Prepared, accelera
             log.info("fold %d: continued from its snapshot at step %d", fold, res.resumed_from)
             tracker_run.update_summary({"resumed_from_step": res.resumed_from})
         model.load_state_dict(res.best_state)
+        model = lora.merged(model)  # the weights the fold writes: its test predictions are theirs
         result = {"mse": res.best_mse, "rmse": res.best_rmse, "best_step": res.best_step, "steps": res.steps,
                   "planned_steps": res.planned_steps,
                   "train_time_s": round(res.train_time, 2), "eval_time_s": round(res.eval_time, 2),

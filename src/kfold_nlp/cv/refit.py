@@ -24,6 +24,7 @@ from .. import metrics
 from ..data.folds import HOLDOUT
 from ..data.loading import EncodedRows, make_loader
 from ..errors import DataError, OneLineError, refuse
+from ..model import lora
 from ..model.classical import is_classical
 from ..rundir import RunDir, expected_folds, read_run_config, unfinished
 from ..train import selection, snapshot
@@ -79,6 +80,7 @@ def refit(run_dir: Path) -> dict:
                      task=task, snapshot_dir=out.path, holdout_loader=loader(held) if len(held) else None,
                      max_steps=steps, label="refit")
     model.load_state_dict(res.best_state)
+    model = lora.merged(model)
     result = {"steps": res.steps, "planned_steps": res.planned_steps, "statistic": STATISTIC,
               "fold_best_steps": [r["best_step"] for r in results.values()], "rows": len(rows),
               "select": cfg.trainer.select, "train_time_s": round(res.train_time, 2)}

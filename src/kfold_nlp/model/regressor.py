@@ -132,6 +132,7 @@ def check_backbone(cfg) -> None:
     weights loaded), and room for one token beside the special ones (below that the tokenizer does not truncate at
     all: it warns and returns whole texts; at it every text would be only ``[CLS] [SEP]``)."""
     from ..errors import ConfigError
+    from .lora import check_targets, is_lora
     from .weights import check_installed
 
     check_installed(cfg.backbone)  # model=mpnet_base before `make models`: one line naming that command
@@ -145,6 +146,10 @@ def check_backbone(cfg) -> None:
         if not architecture.supports_gradient_checkpointing:
             raise ConfigError(f"model.gradient_checkpointing=true: {architecture.__name__} ({config.model_type}) "
                               f"has no gradient checkpointing in transformers; set it to false")
+    if is_lora(cfg):
+        why = check_targets(cfg, config)
+        if why:
+            raise ConfigError(why)
     limit = getattr(config, "max_position_embeddings", None)
     if limit and cfg.max_length > limit:
         raise ConfigError(f"model.max_length={cfg.max_length}: must be <= {limit}, the backbone's positions")

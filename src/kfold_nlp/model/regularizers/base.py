@@ -59,6 +59,7 @@ class Regularizer:
     """
 
     params: dict = {}
+    acts_on_backbone_weights = False  # it changes how the backbone's own weights train: model.peft=lora freezes them
 
     def check_params(self, **values) -> None:
         check_params("regularizer", self.params, values)

@@ -67,6 +67,7 @@ class Mixout(Regularizer):
     """
 
     params = {"p": PROBABILITY, "layers": Str}
+    acts_on_backbone_weights = True
 
     def __init__(self, p: float = 0.1, layers: str = "all"):
         self.check_params(p=p, layers=layers)
