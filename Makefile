@@ -122,5 +122,5 @@ hpo: setup  ## Optuna search of the CV RMSE (resumes when run again): make hpo H
 notebook: setup  ## OOF analysis report, headless: make notebook RUNS="outputs/compare/<time>" -> <first folder>/oof_analysis.html
 	$(PY) -m kfold_nlp.cli report $(RUNS)
 
-ensemble: setup  ## blend runs on the same folds: make ensemble RUNS="outputs/compare/<time>" ARGS="--method mean|nnls|greedy" -> outputs/ensemble/<time>/
+ensemble: setup  ## blend runs on the same folds: make ensemble RUNS="outputs/compare/<time>" ARGS="--method bagged|mean|nnls|greedy" -> outputs/ensemble/<time>/
 	$(PY) -m kfold_nlp.cli ensemble $(RUNS) $(ARGS)

@@ -83,7 +83,7 @@ def test_a_run_blended_with_its_copy_is_the_run(two_runs, tmp_path, capsys, meth
     assert np.allclose(pd.read_csv(out / "submission.csv")["target"], pd.read_csv(a / "submission.csv")["target"])
     cv = json.loads((out / "metrics.json").read_text())["cv"]
     assert cv["rmse"] == pytest.approx(json.loads((a / "metrics.json").read_text())["cv"]["rmse"])
-    assert cv["improvement_lo"] == cv["improvement_hi"] == pytest.approx(0, abs=1e-12)
+    assert cv["improvement_lo"] == pytest.approx(0, abs=1e-12) and cv["improvement_hi"] == pytest.approx(0, abs=1e-12)
 
 
 def _mixture(n=2000, seed=0):
@@ -326,3 +326,38 @@ def test_an_ensemble_folder_from_before_improvement_is_read_in_todays_terms(two_
     (out / "metrics.json").write_text(json.dumps(metrics))
     pd.testing.assert_series_equal(report.ensemble_scores(out), now)
     assert report.ensemble_members(out)["improvement"].notna().all()
+
+
+def test_bagged_weights_without_a_spread_are_nnls():
+    preds, target = _mixture()
+    np.testing.assert_allclose(ensemble.bagged_weights(preds, target, np.zeros((3, 3))),
+                               ensemble.nnls_weights(preds, target), atol=1e-6)
+    np.testing.assert_allclose(ensemble.bagged_weights(preds, target, None), ensemble.nnls_weights(preds, target))
+
+
+def test_bagged_weights_are_the_best_blend_of_the_bags_that_nnls_on_oof_rows_misses(tmp_path):
+    """Two members with independent, equally large errors of their ideal (infinite) bags, but the first one's 5 fold
+    models scatter widely around it and the second's hardly at all. An OOF row is scored by one fold model, a test
+    row by the bag of 5, so the best blend of the bags gives the first member more weight than NNLS on OOF rows
+    does; removing the fold models' spread, measured on unlabeled rows every fold model predicted, recovers it."""
+    rng, n, k = np.random.default_rng(0), 4000, 5
+    f = rows(n).assign(fold=lambda d: np.arange(n) % k)
+    target = f["target"].to_numpy()
+    ideal = target[:, None] + rng.normal(0, 0.3, (n, 2))
+    scatter = np.array([0.4, 0.02])
+    oof = ideal + rng.normal(0, 1, (n, 2)) * scatter  # one fold model's prediction per row
+    bagged = ideal + rng.normal(0, 1, (n, 2)) * scatter / np.sqrt(k)  # the bag of k on the same rows
+    test_ideal = rng.normal(0, 1, (300, 2))
+    paths = []
+    for j, name in enumerate(["wide", "narrow"]):
+        path = write_run(tmp_path / name, f, oof[:, j], test_ideal[:, j], name=name)
+        for fold in range(k):  # the fold models' own test predictions, as scattered as on the OOF rows
+            pd.DataFrame({"id": [f"t{i:04d}" for i in range(300)],
+                          "pred": test_ideal[:, j] + rng.normal(0, scatter[j], 300)}).to_csv(
+                path / f"fold_{fold}" / "test_pred.csv", index=False)
+        paths.append(path)
+    members = ensemble.load_members(paths)
+    assert members.spread[0, 0] == pytest.approx(scatter[0] ** 2 * (k - 1) / k, rel=0.1)
+    oracle = ensemble.nnls_weights(bagged, target)  # 0.09 / (0.09 + 0.09 + 0.16 / 5) expected for the first
+    assert oracle[0] > 0.4 and ensemble.nnls_weights(members.oof, target)[0] < 0.3  # 0.09 / (0.09 + 0.25)
+    np.testing.assert_allclose(ensemble.bagged_weights(members.oof, target, members.spread), oracle, atol=0.03)

@@ -100,7 +100,12 @@ def masked_lm(cfg):
 
     overrides = dict(cfg.model.get("config_overrides") or {})
     if cfg.model.pretrained:
-        return AutoModelForMaskedLM.from_pretrained(cfg.model.backbone, **overrides).float()
+        model, info = AutoModelForMaskedLM.from_pretrained(cfg.model.backbone, output_loading_info=True, **overrides)
+        if info["missing_keys"]:  # a sentence-embedding checkpoint (all-MiniLM, all-mpnet) ships the encoder only
+            log.warning("pretrain: %s has no MLM head (%d weights start random, e.g. %s): the first steps train the "
+                        "head through the encoder; measured on CommonLit this did not help (docs/results.md)",
+                        cfg.model.backbone, len(info["missing_keys"]), sorted(info["missing_keys"])[0])
+        return model.float()
     return AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(cfg.model.backbone, **overrides))
 
 

@@ -1,5 +1,5 @@
-"""A blend of runs scored honestly: its weights (mean, non-negative least squares or greedy selection, always
-non-negative and summing to 1) and the nested CV that scores them.
+"""A blend of runs scored honestly: its weights (mean, non-negative least squares, least squares of the bags' errors,
+or greedy selection, always non-negative and summing to 1) and the nested CV that scores them.
 
 Weights that sum to 1 keep the blend on the members' scale, so a run blended with copies of itself is that run. The
 reported CV RMSE is *nested*: for each fold, weights fitted on the OOF rows of the other folds predict its rows, so
@@ -16,7 +16,8 @@ from scipy.optimize import nnls
 from .. import metrics
 from .members import EnsembleError, Members, display
 
-METHODS = ("mean", "nnls", "greedy")
+METHODS = ("bagged", "mean", "nnls", "greedy")
+DEFAULT = "bagged"
 
 
 GREEDY_STEPS = 100  # selections with replacement: weights are multiples of 1/steps at most
@@ -39,6 +40,27 @@ def nnls_weights(preds: np.ndarray, target: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
+def bagged_weights(preds: np.ndarray, target: np.ndarray, spread: np.ndarray | None) -> np.ndarray:
+    """The convex weights of least squared error of the members' *bags*, which predict the test rows, estimated from
+    OOF rows, each of which one fold model predicted.
+
+    With sum(w) = 1 the blend's squared error is ``w' S w`` for ``S`` the covariance of the members' OOF errors. A
+    single fold model's error on a row is its bag's plus its deviation from the bag, so the bags' ``S`` is the OOF
+    one minus ``spread`` (``members.fold_spread``: the fold models' covariance on rows every one of them predicted).
+    Plain NNLS fits ``S`` itself and so under-weights the members that gain most from bagging. Without a spread it is
+    NNLS. ``S`` is clipped to positive semi-definite, then solved as NNLS with the sum-to-1 row.
+    """
+    if spread is None:
+        return nnls_weights(preds, target)
+    errors = preds - target[:, None]
+    values, vectors = np.linalg.eigh(errors.T @ errors / len(target) - spread)
+    values = np.clip(values, 1e-12 * np.abs(values).sum(), None)
+    root = np.sqrt(values)[:, None] * vectors.T  # root' root = S
+    scale = 1e3 * max(1.0, float(np.abs(root).max()))
+    w, _ = nnls(np.vstack([root, np.full((1, preds.shape[1]), scale)]), np.append(np.zeros(len(root)), scale))
+    return w / w.sum()
+
+
 def greedy_weights(preds: np.ndarray, target: np.ndarray, steps: int = GREEDY_STEPS) -> np.ndarray:
     """Ensemble selection with replacement (Caruana et al. 2004): start from the best member, then at each step add
     the member (again, if it helps most) that lowers the RMSE of the running average most; keep the step with the
@@ -55,12 +77,12 @@ def greedy_weights(preds: np.ndarray, target: np.ndarray, steps: int = GREEDY_ST
     return best_chosen / best_chosen.sum()
 
 
-def fitter(method: str, steps: int = GREEDY_STEPS):
+def fitter(method: str, steps: int = GREEDY_STEPS, spread: np.ndarray | None = None):
     if method not in METHODS:
         raise EnsembleError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if steps < 1:
         raise EnsembleError(f"--steps must be at least 1, got {steps}")
-    return {"mean": mean_weights, "nnls": nnls_weights,
+    return {"bagged": lambda p, t: bagged_weights(p, t, spread), "mean": mean_weights, "nnls": nnls_weights,
             "greedy": lambda p, t: greedy_weights(p, t, steps)}[method]
 
 
@@ -78,9 +100,9 @@ def nested_predictions(preds: np.ndarray, target: np.ndarray, folds: np.ndarray,
     return out, weights
 
 
-def blend(members: Members, method: str = "nnls", steps: int = GREEDY_STEPS) -> dict:
+def blend(members: Members, method: str = DEFAULT, steps: int = GREEDY_STEPS) -> dict:
     """Weights, OOF predictions (nested and in-sample), metrics and the blended submission of ``members``."""
-    fit = fitter(method, steps)
+    fit = fitter(method, steps, members.spread)
     target, folds = members.rows["target"].to_numpy(float), members.rows["fold"].to_numpy()
     weights = fit(members.oof, target)
     nested, fold_weights = nested_predictions(members.oof, target, folds, fit)
@@ -95,6 +117,7 @@ def blend(members: Members, method: str = "nnls", steps: int = GREEDY_STEPS) -> 
     fold_rmse = np.array([metrics.rmse(target[folds == k], nested[folds == k]) for k in fold_weights])
     scores = {
         "method": method, **({"steps": steps} if method == "greedy" else {}),
+        **({"bag_correction": members.spread is not None} if method == "bagged" else {}),
         "weights_sum_to_1": True,
         "cv": {
             "rmse": metrics.rmse(target, nested), "mse": metrics.rmse(target, nested) ** 2,

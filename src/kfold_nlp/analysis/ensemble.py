@@ -1,6 +1,6 @@
 """Blend the OOF predictions of several runs on the same folds, score the blend honestly, write a submission.
 
-``kfold-nlp ensemble RUNS... [--method mean|nnls|greedy] [--out DIR] [--logger NAME] [--wandb-mode MODE]``
+``kfold-nlp ensemble RUNS... [--method bagged|mean|nnls|greedy] [--out DIR] [--logger NAME] [--wandb-mode MODE]``
 (``make ensemble RUNS="..."``): the command; the weights and their nested CV score are ``blend``'s, the members'
 checks ``members``'s.
 
@@ -28,11 +28,13 @@ from ..files import write_csv, write_json
 from ..rundir import RunDir
 from ..track.wandb import MODES
 from .blend import (  # noqa: F401  (greedy_weights, nested_predictions, nnls_weights: ensemble.* in the tests)
+    DEFAULT,
     GREEDY_STEPS,
     METHODS,
     blend,
     fitter,
     greedy_weights,
+    bagged_weights,
     nested_predictions,
     nnls_weights,
 )
@@ -142,7 +144,7 @@ def report_line(scores: dict, out: Path) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="kfold-nlp ensemble", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders, sweep folders or ensemble folders")
-    parser.add_argument("--method", choices=METHODS, default="nnls")
+    parser.add_argument("--method", choices=METHODS, default=DEFAULT)
     parser.add_argument("--steps", type=int, default=GREEDY_STEPS, help="greedy: number of selections")
     parser.add_argument("--out", type=Path, help="default: outputs/ensemble/<YYYY-mm-dd_HH-MM-SS>")
     parser.add_argument("--logger", default="wandb", help="a conf/logger choice: wandb (default), csv, none")

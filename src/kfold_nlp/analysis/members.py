@@ -42,6 +42,34 @@ class Members:
     test_header: tuple[str, str] = ("id", "target")
     holdout_target: np.ndarray | None = None  # the runs' cv.holdout rows (fold -1 of folds.csv), never blended on
     holdout: np.ndarray | None = None  # each member's bagged holdout predictions, ``(n_holdout, n_members)``
+    spread: np.ndarray | None = None  # ``fold_spread``: how the members' fold models differ on shared rows
+
+
+def fold_spread(paths: list[Path], folds: list[int]) -> np.ndarray | None:
+    """The covariance between the members' fold models, ``(n_members, n_members)``: over the rows every fold model
+    predicted (the holdout's and the test file's; no target is read), each model's deviation from its member's bag,
+    averaged. ``spread[i, i]`` is how much better member ``i``'s bag is than its single fold models (an OOF row is
+    scored by one fold model, a holdout or test row by the bag). None when a member lacks a fold's predictions."""
+    per_member = []
+    for path in paths:
+        columns = []
+        for k in folds:
+            fold = RunDir(path).fold(k)
+            tables = [read_csv(f, ("id", "pred"), FIX, dtype={"id": str}) for f in (fold.holdout_pred, fold.test_pred)
+                      if f.exists()]
+            if not tables:
+                return None
+            columns.append(pd.concat(tables).drop_duplicates("id").set_index("id")["pred"])
+        per_member.append(pd.concat(columns, axis=1, join="inner"))
+    ids = per_member[0].index
+    for table in per_member[1:]:
+        ids = ids.intersection(table.index)
+    if not len(ids):
+        return None
+    dev = [t.loc[ids].to_numpy(float) - t.loc[ids].to_numpy(float).mean(1, keepdims=True) for t in per_member]
+    if any(not np.isfinite(d).all() for d in dev):
+        return None
+    return np.array([[float(np.mean(a * b)) for b in dev] for a in dev])
 
 
 def display(path: Path) -> str:
@@ -117,6 +145,7 @@ def load_members(paths: list[Path]) -> Members:
     if rows["fold"].nunique() < 2:
         raise EnsembleError("the OOF rows cover one fold: no held-out fold to score the weights on")
     members = Members(member_names(paths), paths, rows, oof)
+    members.spread = fold_spread(paths, sorted(int(k) for k in rows["fold"].unique()))
     held = folds0[folds0["fold"] == HOLDOUT]
     if len(held):  # the same rows for every member (same folds.csv): weights fitted on OOF rows predict them
         tables = [_read(RunDir(path).holdout, (*HOLDOUT_COLUMNS, "pred")) for path in paths]
