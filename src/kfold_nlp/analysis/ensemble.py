@@ -31,10 +31,10 @@ from .blend import (  # noqa: F401  (greedy_weights, nested_predictions, nnls_we
     DEFAULT,
     GREEDY_STEPS,
     METHODS,
+    bagged_weights,
     blend,
     fitter,
     greedy_weights,
-    bagged_weights,
     nested_predictions,
     nnls_weights,
 )
