@@ -28,14 +28,6 @@ MODES = {  # label -> model overrides
 }
 
 
-def vm_hwm_mib() -> float:
-    """This process's peak resident memory so far (Linux ``VmHWM``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def one(job: dict) -> dict:
     """Build the model of ``job``, take ``warmup`` then ``steps`` optimizer steps; its times and memory."""
     import torch
@@ -48,7 +40,7 @@ def one(job: dict) -> dict:
     from kfold_nlp.model.regularizers import Regularizer
     from kfold_nlp.model.tasks import Task
     from kfold_nlp.train import threads
-    from kfold_nlp.train.memory import keep_freed_memory
+    from kfold_nlp.train.memory import keep_freed_memory, memory_mb
 
     from .bench import conf_dir, make_batches
     from .rows import load_rows
@@ -64,7 +56,7 @@ def one(job: dict) -> dict:
                            torch.device("cpu"))
     torch.manual_seed(0)
     model = lora.adapt(build_model(model_cfg), model_cfg).train()
-    loaded = vm_hwm_mib()
+    loaded = memory_mb()["peak_rss_mb"]
     optimizer = build_optimizer(OmegaConf.load(conf / "optimizer" / "adamw.yaml"), model)
     regularizer = Regularizer()
     bf16 = job["precision"] == "bf16"
@@ -79,7 +71,7 @@ def one(job: dict) -> dict:
         times.append((time.perf_counter() - start) * 1000)
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                 if torch.is_tensor(t))
-    return {"ms": times[job["warmup"]:], "peak_rss_mib": vm_hwm_mib(), "after_build_mib": loaded,
+    return {"ms": times[job["warmup"]:], "peak_rss_mib": memory_mb()["peak_rss_mb"], "after_build_mib": loaded,
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "params": sum(p.numel() for p in model.parameters()), "optimizer_state_mib": state / 2**20}
 
