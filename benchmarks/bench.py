@@ -27,7 +27,7 @@ from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.errors import ConfigError
 from kfold_nlp.model.regressor import build_model, check_backbone, load_tokenizer
 from kfold_nlp.model.tasks import Task
-from kfold_nlp.train import hardware, threads
+from kfold_nlp.train import fast_dropout, hardware, threads
 from kfold_nlp.train.compiled import compile_backbone, cxx_compiler
 from kfold_nlp.train.memory import keep_freed_memory, release_freed_memory
 from kfold_nlp.train.precision import is_emulated
@@ -124,7 +124,8 @@ class Memory:
 class Run:
     """One regularizer's model, optimizer and step timings."""
 
-    def __init__(self, label, reg_cfg, overrides, model_cfg, device, autocast, compiled: bool = False):
+    def __init__(self, label, reg_cfg, overrides, model_cfg, device, autocast, compiled: bool = False,
+                 fast: bool = True):
         torch.manual_seed(0)
         self.label, self.autocast, self.device = label, autocast, device
         self.model = build_model(model_cfg).to(device).train()
@@ -132,6 +133,8 @@ class Run:
             compile_backbone(self.model)
         self.regularizer = instantiate(reg_cfg, **overrides)
         self.regularizer.setup(self.model)
+        if fast and not compiled:  # as trainer.fast_dropout (the default) does, after the regularizer's setup
+            fast_dropout.apply(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-5)
         self.times: list[float] = []
 
@@ -233,12 +236,13 @@ def main(argv=None) -> int:
     if not args.no_compile and cxx_compiler() is None:
         args.no_compile = True
         print("compiled rows skipped: torch.compile needs a C++ compiler on CPU and none was found")
+    runs_conf += [("baseline+torch_dropout", "baseline", {})]  # trainer.fast_dropout=false
     runs_conf += [] if args.no_compile else [("baseline+compile", "baseline", {})]
     runs, results = [], []
     for label, name, overrides in runs_conf:
         memory.start()
         run = Run(label, OmegaConf.load(conf / "regularizer" / f"{name}.yaml"), overrides, model_cfg, device,
-                  autocast, compiled=label.endswith("+compile"))
+                  autocast, compiled=label.endswith("+compile"), fast=not label.endswith("+torch_dropout"))
         warmup = [run.step(batch) for batch in batches[:args.warmup]]
         runs.append(run)
         results.append({"regularizer": label, "config": f"{name}.yaml", "overrides": overrides,

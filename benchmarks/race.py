@@ -1,13 +1,13 @@
 """The race: this project's fold trainer against Hugging Face ``Trainer`` and a minimal hand-written loop.
 
-``python -m benchmarks.race [--rows 224 --rounds 2 --precision fp32 bf16 --model minilm --data synthetic|commonlit|
-<csv>]`` from the repository's root (``make race [DATA=...]``; by default the precisions the machine runs natively,
-``native_precisions``, on the embedded set). All train the same model on the same rows, batch size, max
-length and precision:
+``python -m benchmarks.race [--rows 224 --rounds 2 --precision fp32 bf16 --model minilm --regularizer baseline
+--data synthetic|commonlit|<csv>]`` from the repository's root (``make race [DATA=...]``; by default the precisions
+the machine runs natively, ``native_precisions``, on the embedded set). All train the same model, with the same
+regularizer (default: the model's dropout as shipped), on the same rows, batch size, max length and precision:
 
 - ``project``: ``trainer.train_fold`` with the project's defaults (length-grouped dynamic padding, exact
-  accumulation, clipping, best-state keeping, the process's allocator setting), evaluation only at the epoch's end
-  on a 16-row validation set;
+  accumulation, clipping, best-state keeping, dropout masks from ``trainer.fast_dropout``, the process's allocator
+  setting), evaluation only at the epoch's end on a 16-row validation set;
 - ``project_compiled``: the same with ``trainer.compile=true`` (its untimed pass compiles: that time is reported
   apart);
 - ``hf_trainer``: ``transformers.Trainer`` with its default collator (dynamic padding) and random sampling;
@@ -60,9 +60,10 @@ ROOT = Path(__file__).resolve().parents[1]  # where ``benchmarks`` is a package,
 CONTESTANTS = ("project", "project_compiled", "hf_trainer", "minimal", "minimal_kept")
 
 
-def config(model: str, precision: str, batch_size: int, max_length: int):
+def config(model: str, precision: str, batch_size: int, max_length: int, regularizer: str = "baseline"):
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose("config", [f"model={model}", "name=race", f"trainer.precision={precision}",
+        return compose("config", [f"model={model}", f"regularizer={regularizer}", "name=race",
+                                  f"trainer.precision={precision}",
                                   f"trainer.batch_size={batch_size}", f"model.max_length={max_length}",
                                   "trainer.epochs=1", "trainer.eval_every=null", "trainer.patience=null",
                                   "trainer.save_models=false", "logger.mode=disabled"])
@@ -180,7 +181,7 @@ def run_hf_trainer(cfg, enc, targets, tokenizer, out_dir: str) -> tuple[float, s
 
 def setup(args):
     """The config, tokenizer, encodings and targets every child process trains on."""
-    cfg = config(args.model, args.precision[0], args.batch_size, args.max_length)
+    cfg = config(args.model, args.precision[0], args.batch_size, args.max_length, args.regularizer)
     texts, targets = load_rows(args.data, args.rows + 16)
     tokenizer = load_tokenizer(cfg.model)
     return cfg, tokenize(tokenizer, texts, args.max_length), targets, tokenizer
@@ -236,7 +237,7 @@ def spawn(args, name: str, precision: str, plain: bool = False) -> str:
     """Runs ``--one name`` (a contestant, or ``profile``) in a fresh process; returns its stdout."""
     command = [sys.executable, "-m", "benchmarks.race", "--precision", precision, "--rows", str(args.rows),
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
-               "--data", args.data, "--one", name]
+               "--data", args.data, "--regularizer", args.regularizer, "--one", name]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env |= {"KFOLD_NLP_KEEP_FREED_MEMORY": "0"} if plain else {}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -255,6 +256,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data", default=DEFAULT, help=HELP)
+    parser.add_argument("--regularizer", default="baseline",
+                        help="conf/regularizer/<name>.yaml every contestant trains with (default baseline: the "
+                             "model's dropout as shipped, what Trainer trains; no_dropout is the project's recipe)")
     parser.add_argument("--profile", action="store_true", help="top operators of the project's steps instead")
     parser.add_argument("--one", choices=(*CONTESTANTS, "profile"), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
@@ -271,8 +275,8 @@ def main(argv=None) -> int:
         args.precision = native_precisions()
         if "bf16" not in args.precision and not torch.cuda.is_available():
             print("bf16 skipped: this CPU has no native bf16, it would be emulated (--precision fp32 bf16 to time it)")
-    print(f"race: {args.model}, {args.rows} rows = {args.rows // args.batch_size} steps of batch {args.batch_size}, "
-          f"max_length {args.max_length}, {torch.get_num_threads()} threads, {args.rounds} timed rounds, each "
+    print(f"race: {args.model}, regularizer {args.regularizer}, {args.rows} rows = {args.rows // args.batch_size} "
+          f"steps of batch {args.batch_size}, max_length {args.max_length}, {torch.get_num_threads()} threads, {args.rounds} timed rounds, each "
           f"contestant in a fresh process after one untimed pass")
     per_sample, padding = work(args)
     print(f"model work {per_sample / 1e9:.2f} GFLOP per sample (real tokens); padding: "

@@ -134,6 +134,7 @@ class Trainer(Group):
     keep_snapshot: Bool
     eval_curve: Bool = added(True)
     compile: Bool = added(False)
+    fast_dropout: Bool = added(False)  # runs made before it drew PyTorch's masks
 
     @model_validator(mode="after")
     def _penalty_has_weight(self):

@@ -21,7 +21,7 @@ from ..model.optim import build_optimizer, build_scheduler, weight_penalty
 from ..model.regressor import target_column
 from ..model.regularizers.base import model_inputs
 from ..model.tasks import Task
-from . import selection, snapshot
+from . import fast_dropout, selection, snapshot
 from .compiled import compile_backbone
 from .seeds import stream_seed
 
@@ -321,6 +321,8 @@ def train_fold(model, regularizer, train_loader, val_loader, val_target, cfg, ac
     tcfg, task = cfg.trainer, task or Task()
     if tcfg.get("compile"):
         compile_backbone(model)
+    elif tcfg.get("fast_dropout"):
+        fast_dropout.apply(model)
     optimizer = build_optimizer(cfg.optimizer, model)
     penalty = weight_penalty(model, tcfg.get("penalty"), tcfg.get("penalty_weight", 0.0))
     generator = getattr(train_loader.sampler, "generator", None)  # the sampler's: its state fixes an epoch's order
