@@ -276,8 +276,8 @@ def main(argv=None) -> int:
         if "bf16" not in args.precision and not torch.cuda.is_available():
             print("bf16 skipped: this CPU has no native bf16, it would be emulated (--precision fp32 bf16 to time it)")
     print(f"race: {args.model}, regularizer {args.regularizer}, {args.rows} rows = {args.rows // args.batch_size} "
-          f"steps of batch {args.batch_size}, max_length {args.max_length}, {torch.get_num_threads()} threads, {args.rounds} timed rounds, each "
-          f"contestant in a fresh process after one untimed pass")
+          f"steps of batch {args.batch_size}, max_length {args.max_length}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} timed rounds, each contestant in a fresh process after one untimed pass")
     per_sample, padding = work(args)
     print(f"model work {per_sample / 1e9:.2f} GFLOP per sample (real tokens); padding: "
           f"{100 * padding['project']:.1f}% of the tokens of the project's length-grouped batches, "
