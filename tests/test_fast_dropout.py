@@ -111,11 +111,12 @@ def test_attention_with_masks_is_sdpas_math_with_those_masks():
     torch.testing.assert_close(sdpa, reference)
 
 
-def test_mpnet_keeps_its_own_attention_and_gets_the_cheaper_hidden_dropout():
+def test_mpnet_keeps_its_own_attention_whose_dropout_module_draws_the_cheaper_masks():
     torch.manual_seed(0)
     model = TextRegressor(MPNetModel(MPNetConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
                                                  num_attention_heads=4, intermediate_size=64)))
     assert fast_dropout.apply(model) > 0 and not fast_dropout.uses_fast_attention(model)
+    assert all(isinstance(layer.attention.attn.dropout, FastDropout) for layer in model.backbone.encoder.layer)
     ids, mask = batch()
     model.train()
     assert torch.isfinite(model(ids, mask)).all()
