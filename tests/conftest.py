@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
 # The tiny models train faster on one intra-op thread than on two, and the processes some tests start (torchrun's,
-# a launcher's, a search's) then share the cores without oversubscribing them; a run reads it (runtime.set_threads).
+# a launcher's, a search's) then share the cores without oversubscribing them; a run reads it (threads.set_threads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_DATA = {"n_train": 48, "n_test": 6, "seed": 42}  # the generated set of tiny_overrides (seed: conf/data)

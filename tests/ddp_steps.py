@@ -23,8 +23,8 @@ from kfold_nlp.data.loading import EncodedRows
 from kfold_nlp.model.optim import build_optimizer
 from kfold_nlp.model.regressor import load_tokenizer, tokenize
 from kfold_nlp.model.regularizers.mixout import MixLinear
+from kfold_nlp.train.device import make_accelerator
 from kfold_nlp.train.loop import optimizer_step
-from kfold_nlp.train.runtime import make_accelerator
 
 
 def steps(out: str, batch_size: int, regularizer: str, accelerator=None):

@@ -16,7 +16,7 @@ from kfold_nlp.cv import fold as cv_fold
 from kfold_nlp.cv.collect import cv_metrics
 from kfold_nlp.cv.run import run as run_cv
 from kfold_nlp.data.folds import make_folds, sturges_bins
-from kfold_nlp.train.runtime import memory_mb, reset_peak_memory
+from kfold_nlp.train.memory import memory_mb, reset_peak_memory
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ import torch
 
 from conftest import Result, cli, read_metrics, tiny_overrides
 from kfold_nlp.cv import launch
-from kfold_nlp.train import runtime
+from kfold_nlp.train import hardware
+from kfold_nlp.train.precision import is_emulated, native_precisions, resolve_precision
+from kfold_nlp.train.threads import THREADS_ENV, set_threads, split_cores, threads_for_this_process
 
 
 @pytest.fixture
@@ -22,9 +24,9 @@ def machine(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
-        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: cpu_bf16)
-        monkeypatch.setattr(runtime, "cpu_capability", lambda: "AVX512" if cpu_bf16 else "AVX2")
-        monkeypatch.setattr(runtime.hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"} if cpu_bf16 else ()))
+        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: cpu_bf16)
+        monkeypatch.setattr(hardware, "cpu_capability", lambda: "AVX512" if cpu_bf16 else "AVX2")
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"} if cpu_bf16 else ()))
 
     return set_
 
@@ -37,42 +39,42 @@ def machine(monkeypatch):
 ])
 def test_auto_resolves_from_the_hardware(machine, answers, expected, why):
     machine(**answers)
-    assert runtime.resolve_precision("auto") == (expected, why)
+    assert resolve_precision("auto") == (expected, why)
 
 
 def test_explicit_precisions_stay_and_only_emulated_bf16_warns(machine):
     machine(cpu_bf16=False)
-    assert runtime.resolve_precision("fp32") == ("fp32", None)
-    precision, note = runtime.resolve_precision("bf16")
+    assert resolve_precision("fp32") == ("fp32", None)
+    precision, note = resolve_precision("bf16")
     assert precision == "bf16" and note.startswith("warning: trainer.precision=bf16 on a CPU without native bf16")
-    assert runtime.native_precisions() == ["fp32"] and runtime.is_emulated("bf16")
+    assert native_precisions() == ["fp32"] and is_emulated("bf16")
     machine(cpu_bf16=True)
-    assert runtime.resolve_precision("bf16") == ("bf16", None) and runtime.native_precisions() == ["fp32", "bf16"]
+    assert resolve_precision("bf16") == ("bf16", None) and native_precisions() == ["fp32", "bf16"]
     machine(cuda=True, cuda_bf16=True)
-    assert runtime.resolve_precision("bf16") == ("bf16", None) and not runtime.is_emulated("bf16", "cuda")
+    assert resolve_precision("bf16") == ("bf16", None) and not is_emulated("bf16", "cuda")
 
 
 def test_threads_follow_the_usable_cores_and_the_launchers_share(monkeypatch):
-    monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {3}, raising=False)
-    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 64)
-    assert runtime.usable_cores() == 1 and runtime.threads_for_this_process() == 1  # not the host's 64
-    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    assert runtime.threads_for_this_process() == 8
-    assert runtime.split_cores(3) == 2 and runtime.split_cores(16) == 1
-    monkeypatch.setenv(runtime.THREADS_ENV, "4")
-    assert runtime.threads_for_this_process() == 4
-    monkeypatch.setenv(runtime.THREADS_ENV, "99")  # never more than the cores
-    assert runtime.threads_for_this_process() == 8
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 64)
+    assert hardware.usable_cores() == 1 and threads_for_this_process() == 1  # not the host's 64
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert threads_for_this_process() == 8
+    assert split_cores(3) == 2 and split_cores(16) == 1
+    monkeypatch.setenv(THREADS_ENV, "4")
+    assert threads_for_this_process() == 4
+    monkeypatch.setenv(THREADS_ENV, "99")  # never more than the cores
+    assert threads_for_this_process() == 8
     # joblib runs min(folds, n_jobs or one per core) jobs at once; submitit_local all of them; SLURM elsewhere
     assert launch.local_jobs("joblib", [], 5) == 5 and launch.local_jobs("joblib", [], 20) == 8
     assert launch.local_jobs("joblib", ["hydra.launcher.n_jobs=2"], 5) == 2
     assert launch.local_jobs("submitit_local", [], 5) == 5 and launch.local_jobs("slurm", [], 5) is None
     before = torch.get_num_threads()
     try:
-        monkeypatch.setenv(runtime.THREADS_ENV, "1")
-        assert runtime.set_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv(THREADS_ENV, "1")
+        assert set_threads() == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 
@@ -80,7 +82,7 @@ def test_threads_follow_the_usable_cores_and_the_launchers_share(monkeypatch):
 def _run_patched(cpu_bf16: bool, *overrides: str) -> Result:
     """The real entry point, where the CPU answers ``cpu_bf16`` to the native-bf16 question."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime, "cpu_has_native_bf16", lambda: cpu_bf16)
+        patch.setattr(hardware, "cpu_has_native_bf16", lambda: cpu_bf16)
         return cli("cv", *overrides, check=False)
 
 
@@ -94,7 +96,7 @@ def test_a_run_says_what_auto_chose_first_and_records_it_with_the_hardware(tiny_
     assert "precision: fp32" in (run_dir / "run_config.yaml").read_text()
     record = read_metrics(run_dir)["hardware"]
     assert record["precision"] == "fp32" and record["cpu_native_bf16"] is False
-    assert record["cores_usable"] == runtime.usable_cores() and record["threads"] >= 1
+    assert record["cores_usable"] == hardware.usable_cores() and record["threads"] >= 1
     assert {"cpu", "cpu_capability", "gpu", "gpu_count", "torch", "transformers"} <= record.keys()
 
 
@@ -146,16 +148,21 @@ def test_race_counts_the_work_of_real_tokens_and_the_padding_of_each_sampler(tmp
     from benchmarks import mfu, race
 
     monkeypatch.chdir(tmp_path)  # the embedded set, generated here
-    args = Namespace(model="tiny", precision=["fp32"], batch_size=8, max_length=256, rows=64, data="synthetic")
+    args = Namespace(model="tiny", precision=["fp32"], batch_size=8, max_length=256, rows=64, data="synthetic",
+                     regularizer="baseline")
     per_sample, padding = race.work(args)
     cfg, enc, _, _ = race.setup(args)
     lengths = [len(ids) for ids in enc["input_ids"][:64]]
     assert per_sample == pytest.approx(mfu.train_flops(AutoConfig.from_pretrained(cfg.model.backbone), lengths) / 64)
     assert 0 <= padding["project"] < padding["random"] < 1
+    # every contestant trains with the regularizer asked for: by default the model's dropout as shipped
+    assert cfg.regularizer._target_.endswith("base.Regularizer")
+    assert race.config("tiny", "fp32", 8, 64).regularizer == cfg.regularizer
+    assert race.config("tiny", "fp32", 8, 64, "no_dropout").regularizer._target_.endswith("NoDropout")
 
 
 def test_benchmark_header_names_the_machine():
-    line = runtime.header(runtime.record())
-    assert line.startswith(f"hardware: {runtime.cpu_model()} ({runtime.cpu_capability()}, ")
-    assert f"{runtime.usable_cores()} usable cores" in line and f"torch {torch.__version__}" in line
-    assert json.dumps(runtime.record("fp32"))  # JSON-ready, as metrics.json and W&B need
+    line = hardware.header(hardware.record())
+    assert line.startswith(f"hardware: {hardware.cpu_model()} ({hardware.cpu_capability()}, ")
+    assert f"{hardware.usable_cores()} usable cores" in line and f"torch {torch.__version__}" in line
+    assert json.dumps(hardware.record("fp32"))  # JSON-ready, as metrics.json and W&B need

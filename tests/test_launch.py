@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ENV, ROOT, cli, in_background, read_metrics, run_process, tiny_overrides
 from kfold_nlp.cv import lock
-from kfold_nlp.train import runtime
+from kfold_nlp.train import hardware, threads
 
 pytestmark = pytest.mark.slow  # every test here runs the CLI (see tests/test_tiers.py)
 
@@ -58,7 +58,7 @@ def test_parallel_fold_jobs_give_the_sequential_result(launcher, joblib_fold_job
     log = (run_dir / "run.log").read_text()
     assert all(f"fold {k}: val RMSE {folds[str(k)]['rmse']:.4f}" in log for k in range(3)), log[-2000:]
     # the three jobs run side by side on this machine's cores: each takes its share, never every core
-    share = runtime.split_cores(min(3, runtime.usable_cores()))
+    share = threads.split_cores(min(3, hardware.usable_cores()))
     assert [read_metrics(run_dir)["folds"][k]["threads"] for k in "012"] == [share] * 3
 
 
@@ -90,7 +90,7 @@ def killed_launcher(folder: Path, data: Path) -> SimpleNamespace:
                                     stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)
     started = []
     try:
-        while len(list(run_dir.glob(f"fold_*/{lock.HOLDER}"))) < min(3, runtime.usable_cores()):  # jobs training
+        while len(list(run_dir.glob(f"fold_*/{lock.HOLDER}"))) < min(3, hardware.usable_cores()):  # jobs training
             assert launcher.poll() is None, err.read_text()[-3000:]
             time.sleep(0.5)
         started = psutil.Process(launcher.pid).children(recursive=True)

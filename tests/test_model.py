@@ -19,8 +19,8 @@ from kfold_nlp.model.optim import build_optimizer
 from kfold_nlp.model.regressor import Pooler, build_model, load_tokenizer, tokenize
 from kfold_nlp.model.regularizers import Regularizer
 from kfold_nlp.model.tasks import Task
+from kfold_nlp.train.device import make_accelerator
 from kfold_nlp.train.loop import optimizer_step, predict
-from kfold_nlp.train.runtime import make_accelerator
 
 PRECISIONS = ["fp32", "bf16"] + (["fp16"] if torch.cuda.is_available() else [])
 TEXTS = ["A short text.", "A somewhat longer text about reading and how hard it is.", "Tiny.",

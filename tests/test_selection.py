@@ -14,12 +14,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import tiny_overrides
-from kfold_nlp.analysis import holdout
 from kfold_nlp.config.paths import CONFIG_DIR
 from kfold_nlp.cv.prepare import prepare
 from kfold_nlp.cv.run import run as run_cv
 from kfold_nlp.data.folds import HOLDOUT, holdout_rows
 from kfold_nlp.errors import DataError
+from kfold_nlp.metrics import optimism
 from kfold_nlp.train import selection
 from test_trainer import TARGETS, fit, fit_with_snapshots
 
@@ -208,7 +208,7 @@ def test_the_optimism_interval_is_zero_wide_for_a_model_equally_good_on_both_set
     rng = np.random.default_rng(0)
     target = rng.normal(size=40)
     val = {k: (target, target + 0.5) for k in range(3)}
-    o = holdout.optimism(val, target, {k: target + 0.5 for k in range(3)})
+    o = optimism(val, target, {k: target + 0.5 for k in range(3)})
     assert o["mean"] == pytest.approx(0.0) and o["lo"] == pytest.approx(0.0, abs=1e-9) and o["hi"] == pytest.approx(
         0.0, abs=1e-9)
 

@@ -10,7 +10,9 @@ from scipy import stats as sps
 from fake_runs import rows, write_run
 from kfold_nlp import metrics
 from kfold_nlp.analysis import stats
-from kfold_nlp.analysis.summary import collect, compare_table, seed_table, sweep_table, write_compare, write_sweep
+from kfold_nlp.analysis.compare import compare_table, write_compare
+from kfold_nlp.analysis.runs import run_rows
+from kfold_nlp.analysis.sweep import seed_table, sweep_table, write_sweep
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,7 @@ def _seed_sweep(root, seeds_b=(0, 1, 2), gain=0.03):
 
 
 def test_seed_table_pairs_matched_seeds_and_adds_row_noise(tmp_path):
-    table = seed_table(collect(_seed_sweep(tmp_path))).set_index("configuration")
+    table = seed_table(run_rows(_seed_sweep(tmp_path))).set_index("configuration")
     rdrop = table.loc["regularizer=rdrop"]
     assert table.loc["regularizer=baseline", "pairing"] == "reference"
     assert rdrop["pairing"] == "paired" and rdrop["noise"] == "seeds+rows"
@@ -143,7 +145,7 @@ def test_seed_table_pairs_matched_seeds_and_adds_row_noise(tmp_path):
 
 
 def test_seed_table_falls_back_to_unpaired_when_seeds_differ(tmp_path):
-    table = seed_table(collect(_seed_sweep(tmp_path, seeds_b=(3, 4, 5)))).set_index("configuration")
+    table = seed_table(run_rows(_seed_sweep(tmp_path, seeds_b=(3, 4, 5)))).set_index("configuration")
     rdrop = table.loc["regularizer=rdrop"]
     assert rdrop["pairing"] == "unpaired" and rdrop["diff_se"] > abs(rdrop["diff"]) and rdrop["sig"] == ""
 
@@ -177,23 +179,23 @@ def test_compare_table_interval_marks_a_shift_and_not_a_copy(tmp_path):
 
 
 def test_column_order_is_derived_from_the_regularizer_configs(tmp_path):
-    from kfold_nlp.analysis.summary import regularizer_order
+    from kfold_nlp.analysis.compare import regularizer_order
 
     order = regularizer_order()
     assert order[0] == "baseline" and sorted(order[1:]) == order[1:] and {"rdrop", "msd"} <= set(order)
     f = rows(50)
     for name in ["zzz_custom", *reversed(order)]:
         write_run(tmp_path / name, f, f["target"], name=name)
-    assert compare_table(collect(tmp_path)).columns.tolist() == [*order, "zzz_custom"]
+    assert compare_table(run_rows(tmp_path)).columns.tolist() == [*order, "zzz_custom"]
 
 
 def test_runs_on_other_folds_get_no_interval(tmp_path):
     f = rows(200)
     write_run(tmp_path / "a", f, f["target"] + 0.1, name="baseline")
     write_run(tmp_path / "b", f.assign(fold=(f["fold"] + 1) % 5), f["target"], name="rdrop")
-    jobs = sweep_table(collect(tmp_path)).set_index("job")
+    jobs = sweep_table(run_rows(tmp_path)).set_index("job")
     assert np.isnan(jobs.loc["b", "ci_lo"]) and jobs.loc["b", "diff_vs_ref"] == pytest.approx(-jobs.loc["a", "cv_rmse"])
-    assert pd.isna(compare_table(collect(tmp_path)).loc["RMSE diff 95% low", "rdrop"])
+    assert pd.isna(compare_table(run_rows(tmp_path)).loc["RMSE diff 95% low", "rdrop"])
 
 
 # ---- marks only where the comparison means something (issue 21) ----
@@ -232,19 +234,19 @@ def test_seeds_of_one_configuration_are_paired_not_compared_as_configurations(tm
     assert table.loc["compared with", rdrop1] == base1  # the reference configuration's run of the same seed
     cv = df.set_index("label")["cv_rmse"]
     assert table.loc["RMSE diff", rdrop1] == pytest.approx(cv[rdrop1] - cv[base1])
-    from kfold_nlp.analysis.summary import format_compare
+    from kfold_nlp.analysis.compare import format_compare
 
     shown = format_compare(table)
     assert shown.loc["RMSE diff", base1] == "" and shown.loc["RMSE diff", rdrop1].endswith(" *")
 
 
 def test_rendered_tables_have_no_nan_and_no_negative_zero(tmp_path):
-    from kfold_nlp.analysis.summary import _markdown, format_table, text
+    from kfold_nlp.analysis.tables import format_table, markdown, text
 
     assert text(-0.00001) == "0.0000" and text(-0.5) == "-0.5000" and text(np.nan) == "" and text(None) == ""
-    md = _markdown(pd.DataFrame({"ci_hi": [-0.00004, 0.1], "sig": [np.nan, "*"], "n_seeds": [3, 3]}))
+    md = markdown(pd.DataFrame({"ci_hi": [-0.00004, 0.1], "sig": [np.nan, "*"], "n_seeds": [3, 3]}))
     assert "nan" not in md.lower() and "-0.0000" not in md and "0.0000" in md
     write_sweep(_seed_sweep(tmp_path))
-    seeds = seed_table(collect(tmp_path))
+    seeds = seed_table(run_rows(tmp_path))
     for rendered in [(tmp_path / "sweep.md").read_text(), format_table(seeds).to_string()]:
         assert "nan" not in rendered.lower() and "-0.0000" not in rendered

@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from conftest import ENV, ROOT, cli, in_background, leet, read_metrics, run_process, tiny_overrides, wandb_runs
-from kfold_nlp.analysis.summary import collect, seed_table, sweep_table, write_compare, write_sweep
+from kfold_nlp.analysis.compare import write_compare
+from kfold_nlp.analysis.runs import run_rows
+from kfold_nlp.analysis.sweep import seed_table, sweep_table, write_sweep
 
 RUN_FILES = ["metrics.json", "oof.csv", "folds.csv", "submission.csv", "fold_0/oof.csv", "fold_1/result.json"]
 
@@ -203,7 +205,7 @@ def test_no_seed_table_without_repeated_seeds(tmp_path):
     fake_run(tmp_path / "0", ["regularizer=msd"], 0.5)
     fake_run(tmp_path / "1", ["regularizer=rdrop"], 0.4)
     fake_run(tmp_path / "2", ["regularizer=mixout"], None, status="failed")
-    jobs = sweep_table(collect(tmp_path))
+    jobs = sweep_table(run_rows(tmp_path))
     assert jobs["job"].tolist() == ["1", "0", "2"] and seed_table(jobs) is None
     write_sweep(tmp_path)
     md = (tmp_path / "sweep.md").read_text()

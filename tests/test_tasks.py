@@ -24,8 +24,8 @@ from kfold_nlp.model.optim import build_optimizer
 from kfold_nlp.model.regressor import build_model, load_tokenizer, target_column
 from kfold_nlp.model.regularizers.base import model_inputs
 from kfold_nlp.model.tasks import GaussianNLL, MultiTask, Task
+from kfold_nlp.train.device import make_accelerator
 from kfold_nlp.train.loop import optimizer_step, predict
-from kfold_nlp.train.runtime import make_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 REGULARIZERS = sorted(p.stem for p in (ROOT / "conf" / "regularizer").glob("*.yaml"))

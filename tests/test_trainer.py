@@ -19,8 +19,8 @@ from kfold_nlp.model.regressor import build_model, load_tokenizer, tokenize
 from kfold_nlp.model.regularizers import Regularizer
 from kfold_nlp.model.tasks import Task
 from kfold_nlp.train import snapshot
+from kfold_nlp.train.device import make_accelerator
 from kfold_nlp.train.loop import Diverged, eval_points, micro_batch_groups, optimizer_step, train_fold
-from kfold_nlp.train.runtime import make_accelerator
 
 LR = 0.05
 TEXTS = [("word " * (3 + 5 * i % 17)) + f"number {i}" for i in range(12)]
@@ -226,7 +226,7 @@ def page_faults(folder: Path, data: Path) -> list[str]:
     import subprocess
     import sys
 
-    script = ("import os, resource, torch\nfrom kfold_nlp.train.runtime import keep_freed_memory\n"
+    script = ("import os, resource, torch\nfrom kfold_nlp.train.memory import keep_freed_memory\n"
               "def faults():\n"
               "    torch.ones(2**24)\n    torch.ones(2**24)\n"
               "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
