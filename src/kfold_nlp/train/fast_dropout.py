@@ -100,7 +100,10 @@ def apply(model: nn.Module) -> int:
             n += 1
     backbone = getattr(model, "backbone", None)
     config = getattr(backbone, "config", None)
-    if getattr(config, "_attn_implementation", None) == "sdpa" and type(backbone)._can_set_attn_implementation():
+    # transformers' own test of whether a model dispatches through the attention interface (MPNet does not); a
+    # transformers without it leaves the attention as it is rather than fail
+    dispatches = getattr(type(backbone), "_can_set_attn_implementation", lambda: False)
+    if getattr(config, "_attn_implementation", None) == "sdpa" and dispatches():
         backbone.set_attn_implementation(ATTENTION)
     return n
 
